@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Test runner behind `make lint|unit|molecule|test`.
+#   scripts/test.sh lint | unit | molecule [SCENARIO...] | all
+# Prints each step's duration and result, a summary at the end, and exits
+# non-zero when any step failed. Molecule logs go to reports/molecule-*.log
+# as well as to the terminal.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+declare -a names=() results=() durations=()
+failed=0
+
+run_step() { # run_step NAME COMMAND...
+  local name="$1"; shift
+  local start=$SECONDS rc
+  printf '\n=== %s ===\n' "$name"
+  "$@"
+  rc=$?
+  local took=$((SECONDS - start))
+  names+=("$name"); durations+=("$took")
+  if [ "$rc" -eq 0 ]; then
+    results+=("passed")
+  else
+    results+=("FAILED (exit $rc)")
+    failed=$((failed + 1))
+  fi
+  printf '=== %s: %s in %ss ===\n' "$name" "${results[-1]}" "$took"
+  return 0
+}
+
+do_yamllint() { yamllint --strict . ; }
+do_ansible_lint() { ansible-lint --profile production --strict --nocolor -q ; }
+do_unit() {
+  python -m pytest -q -p no:cacheprovider tests/unit
+}
+
+scenarios() {
+  local d
+  for d in molecule/*/molecule.yml; do
+    [ -f "$d" ] && basename "$(dirname "$d")"
+  done
+}
+
+do_molecule() { # do_molecule SCENARIO
+  local scenario="$1" rc
+  mkdir -p reports "${STACK_CACHE_DIR:-/var/cache/ansible-stack}"
+  molecule test -s "$scenario" 2>&1 | tee "reports/molecule-${scenario}.log"
+  rc=${PIPESTATUS[0]}
+  return "$rc"
+}
+
+summary() {
+  printf '\n=== summary ===\n'
+  local i total=0 passed=0
+  for i in "${!names[@]}"; do
+    printf '  %-28s %-18s %5ss\n' "${names[$i]}" "${results[$i]}" "${durations[$i]}"
+    total=$((total + durations[i]))
+    [ "${results[$i]}" = passed ] && passed=$((passed + 1))
+  done
+  printf '  %-28s %-18s %5ss\n' "total" "" "$total"
+  printf 'steps: %d passed, %d failed\n' "$passed" "$failed"
+}
+
+lint_steps() {
+  run_step yamllint do_yamllint
+  run_step ansible-lint do_ansible_lint
+}
+
+molecule_steps() {
+  local s list=("$@")
+  [ "${#list[@]}" -gt 0 ] || mapfile -t list < <(scenarios)
+  if [ "${#list[@]}" -eq 0 ]; then
+    echo "no Molecule scenarios found" >&2
+    failed=$((failed + 1))
+    return
+  fi
+  for s in "${list[@]}"; do
+    run_step "molecule:$s" do_molecule "$s"
+  done
+}
+
+what="${1:-all}"; shift || true
+case "$what" in
+  lint) lint_steps ;;
+  unit) run_step unit do_unit ;;
+  molecule) molecule_steps "$@" ;;
+  all)
+    lint_steps
+    run_step unit do_unit
+    molecule_steps
+    ;;
+  *) echo "usage: $0 lint|unit|molecule [SCENARIO...]|all" >&2; exit 2 ;;
+esac
+summary
+[ "$failed" -eq 0 ]

@@ -18,7 +18,11 @@ export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 
 log() { printf '[sandbox] %s\n' "$*" >&2; }
 
-container_state() { docker inspect -f '{{.State.Status}}' "$NAME" 2>/dev/null || echo missing; }
+container_state() {
+  local state
+  state="$(docker inspect -f '{{.State.Status}}' "$NAME" 2>/dev/null)" || state=missing
+  echo "${state:-missing}"
+}
 
 start_container() {
   case "$(container_state)" in
@@ -47,24 +51,28 @@ start_container() {
 }
 
 status() {
-  local health db
-  health="$(curl -sk --max-time 5 "https://127.0.0.1:$HTTPS_PORT/health" || true)"
-  db="$(curl -sk --max-time 5 "https://127.0.0.1:$HTTPS_PORT/health/db" || true)"
+  local health db ca=.cache/sandbox-ca.crt
+  mkdir -p .cache
+  # Caddy's internal root CA, so the host can verify the sandbox's certificate.
+  docker exec "$NAME" cat /var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt > "$ca" 2>/dev/null || true
+  health="$(curl -sS --cacert "$ca" --max-time 5 "https://localhost:$HTTPS_PORT/health" 2>&1 || true)"
+  db="$(curl -sS --cacert "$ca" --max-time 5 "https://localhost:$HTTPS_PORT/health/db" 2>&1 || true)"
   cat <<TXT
 
 Sandbox is up (container: $NAME)
-  App through Caddy (HTTPS, Caddy's internal CA):  https://127.0.0.1:$HTTPS_PORT/
-  Health:                                          https://127.0.0.1:$HTTPS_PORT/health    -> ${health:-no answer}
-  Database health:                                 https://127.0.0.1:$HTTPS_PORT/health/db -> ${db:-no answer}
-  Plain HTTP (redirects to HTTPS):                 http://127.0.0.1:$HTTP_PORT/
-  PostgreSQL (inside the container, port 9991):    docker exec -it $NAME sudo -u postgres psql -p 9991 app
+  App through Caddy (HTTPS):                       https://localhost:$HTTPS_PORT/
+  Caddy's internal CA (to trust in a browser):     $ca   (curl --cacert $ca ...)
+  Health:                                          https://localhost:$HTTPS_PORT/health    -> ${health:-no answer}
+  Database health:                                 https://localhost:$HTTPS_PORT/health/db -> ${db:-no answer}
+  Plain HTTP (redirects to HTTPS):                 http://localhost:$HTTP_PORT/
+  PostgreSQL (inside the container, port 9991):    docker exec -it $NAME sudo -u postgres psql -p 9991 demo
   Logs:                                            docker exec -it $NAME journalctl -u caddy -u 'demo@*' -f
   Shell:                                           docker exec -it $NAME bash
   Re-run the deployment:                           make sandbox   (a second run changes nothing)
   Redeploy:                                        .venv/bin/ansible-playbook playbooks/redeploy.yml
   Remove it:                                       make sandbox-destroy
 TXT
-  [ -n "$health" ] && [ -n "$db" ]
+  case "$health$db" in *'"status":"ok"'*'"status":"ok"'*) return 0 ;; *) return 1 ;; esac
 }
 
 case "${1:-up}" in

@@ -89,26 +89,26 @@ def _split_host_port(text: str, where: str, what: str) -> tuple[str, int | None]
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            _fail(where, f"{what} {text!r} has an unclosed IPv6 bracket")
+            _fail(where, f"{what} has an unclosed IPv6 bracket")
         host, rest = text[1:end], text[end + 1:]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            _fail(where, f"{what} {text!r} has a bad IPv6 address")
+            _fail(where, f"{what} has a bad IPv6 address")
         host = f"[{host}]"
         if rest == "":
             return host, None
         if not rest.startswith(":"):
-            _fail(where, f"{what} {text!r} is malformed")
-        return host, _port(rest[1:], where, f"{what} {text!r}")
+            _fail(where, f"{what} is malformed")
+        return host, _port(rest[1:], where, what)
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = text, ""
     elif sep and not port:
-        _fail(where, f"{what} {text!r} has an empty port")
+        _fail(where, f"{what} has an empty port")
     if host and not _is_host(host):
-        _fail(where, f"{what} {text!r} has a bad host name {host!r}")
-    return host, (_port(port, where, f"{what} {text!r}") if port else None)
+        _fail(where, f"{what} has a bad host name {host!r}")
+    return host, (_port(port, where, what) if port else None)
 
 
 def _is_host(host: str) -> bool:
@@ -133,7 +133,7 @@ def _address(value: Any, where: str, what: str = "'address'") -> dict[str, Any]:
     if "/" in text or " " in text:
         _fail(where, f"{what} {value!r} is not a site address (no path or spaces; "
                      "use routes for paths)")
-    host, port = _split_host_port(text, where, what)
+    host, port = _split_host_port(text, where, f"{what} {value!r}")
     if not host and port is None:
         _fail(where, f"{what} {value!r} needs a host name or a :port")
     return {"scheme": scheme, "host": host, "port": port}

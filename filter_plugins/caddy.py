@@ -52,6 +52,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "log_roll_size": "100MiB",
     "log_roll_keep": 10,
     "log_roll_keep_for": "720h",
+    "https_port": 443,
 }
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -455,6 +456,25 @@ def _render_route(route: dict[str, Any], index: int, matchers: list[str]) -> lis
     return lines
 
 
+def _http_redirect(site: dict[str, Any], https_port: int) -> list[str]:
+    """Explicit HTTP->HTTPS redirect blocks (Caddy's automatic ones send a Server header).
+
+    One block per HTTPS port: a site on example.com:8443 redirects to :8443.
+    """
+    by_port: dict[int, list[str]] = {}
+    for label in site["labels"]:
+        match = re.match(r"^(?:https://)?(\[[^\]]+\]|[^:]+)(?::(\d+))?$", label)
+        host, port = match.group(1), int(match.group(2) or https_port)
+        by_port.setdefault(port, []).append(f"http://{host}")
+    lines: list[str] = []
+    for port, labels in by_port.items():
+        suffix = "" if port == 443 else f":{port}"
+        if lines:
+            lines.append("")
+        _block(lines, ", ".join(labels), ["header -Server", f"redir https://{{host}}{suffix}{{uri}} permanent"])
+    return lines
+
+
 def caddy_sites_render(sites: Any, options: Mapping[str, Any] | None = None,
                        var: str = "caddy_sites") -> str:
     """Render the site blocks of a Caddyfile from ``caddy_sites`` (validated first).
@@ -496,6 +516,9 @@ def caddy_sites_render(sites: Any, options: Mapping[str, Any] | None = None,
         if out:
             out.append("")
         _block(out, ", ".join(site["labels"]), body)
+        if site["tls"] != "off":
+            out.append("")
+            out.extend(_http_redirect(site, int(opts["https_port"])))
     return "\n".join(out) + ("\n" if out else "")
 
 

@@ -99,6 +99,15 @@ def test_no_hsts_without_tls_and_plain_http_address():
     assert norm["tls"] == "off"
 
 
+def test_http_to_https_redirect_blocks():
+    text = caddy_sites_render([site(aliases=["www.example.com:8443"])], {"https_port": 443})
+    assert "\nhttp://api.example.com {\n\theader -Server\n\tredir https://{host}{uri} permanent\n}\n" in text
+    assert "\nhttp://www.example.com {\n\theader -Server\n\tredir https://{host}:8443{uri} permanent\n}\n" in text
+    text = caddy_sites_render([site()], {"https_port": 8443})
+    assert "\tredir https://{host}:8443{uri} permanent\n" in text
+    assert "http://" not in caddy_sites_render([site(tls="off")]).replace("http://api.example.com {", "")
+
+
 def test_overrides_per_site():
     text = caddy_sites_render([site(encode=False, security_headers=False, access_log=False,
                                     headers={"X-Frame-Options": "SAMEORIGIN", "X-Powered-By": None})])

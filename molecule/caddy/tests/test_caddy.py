@@ -37,6 +37,7 @@ def test_plain_http_redirects_to_https(host):
     head, _ = curl(host, "http://api.test/some/path")
     assert re.match(r"http/1\.1 30[18]", head)
     assert "location: https://api.test/some/path" in head
+    assert "\nserver:" not in head, "the redirect must not send a Server header either"
 
 
 def test_api_and_web_reach_different_upstreams(host):

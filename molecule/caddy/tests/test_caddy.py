@@ -109,13 +109,34 @@ def test_environment_file_is_private_and_not_logged(host):
     assert "CADDY_TEST_TOKEN=not-a-real-secret" in environ
 
 
-def test_hardening_score(host):
-    out = host.check_output("systemd-analyze security caddy --no-pager")
+def exposure(host, unit):
+    out = host.check_output(f"systemd-analyze security {unit} --no-pager")
     line = out.strip().splitlines()[-1]
-    score = float(re.search(r"exposure level for caddy\.service: ([0-9.]+)", line).group(1))
-    print(f"\n[caddy hardening] {host.backend.hostname}: systemd-analyze security caddy = {score} "
-          f"({line.split()[-2]}); packaged unit alone: 8.8")
-    assert score <= 2.0, line
+    match = re.search(r"exposure level for \S+: ([0-9.]+) (\S+)", line)
+    assert match, line
+    return float(match.group(1)), match.group(2)
+
+
+PROBE = "/etc/systemd/system/caddy-packaged-probe.service"
+
+
+def test_hardening_score(host):
+    """Score the live unit (with the role's drop-in) and the packaged unit alone.
+
+    The packaged unit file is loaded under another name (so no drop-in applies)
+    without being started, scored, and removed again.
+    """
+    packaged = host.check_output("systemctl show -p FragmentPath --value caddy")
+    try:
+        host.check_output(f"cp {packaged} {PROBE} && systemctl daemon-reload")
+        before, before_label = exposure(host, "caddy-packaged-probe.service")
+    finally:
+        host.check_output(f"rm -f {PROBE} && systemctl daemon-reload")
+    after, after_label = exposure(host, "caddy")
+    print(f"\n[caddy hardening] {host.backend.hostname}: systemd-analyze security: "
+          f"packaged unit {before} {before_label}, with the role's drop-in {after} {after_label}")
+    assert after <= 2.0
+    assert after < before
     assert host.service("caddy").is_running
 
 

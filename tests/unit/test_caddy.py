@@ -80,11 +80,10 @@ def test_blue_green_health_and_retries():
 
 def test_security_headers_hsts_and_no_server_header_by_default():
     text = caddy_sites_render([PROXY_SITE])
-    assert "\t\t-Server\n" in text
-    assert "\t\tX-Content-Type-Options nosniff\n" in text
-    assert "\t\tX-Frame-Options DENY\n" in text
-    assert "\t\tReferrer-Policy strict-origin-when-cross-origin\n" in text
-    assert '\t\tStrict-Transport-Security "max-age=31536000; includeSubDomains"\n' in text
+    for line in ("-Server", "X-Content-Type-Options nosniff", "X-Frame-Options DENY",
+                 "Referrer-Policy strict-origin-when-cross-origin",
+                 'Strict-Transport-Security "max-age=31536000; includeSubDomains"'):
+        assert f"\t\t{line}\n" in text
     assert "\tencode zstd gzip\n" in text
 
 
@@ -143,7 +142,6 @@ def test_redirect_strip_prefix_and_several_paths():
                            "headers_up": {"X-Real-IP": "{remote_host}"}}},
     ]}])
     assert "\t@route0 path /old /older/*\n" in text
-    assert "handle @route0 {\n\t\t\tredir * https://example.com/new{uri} 302\n" not in text
     assert '\t\t\tredir * "https://example.com/new{uri}" 302\n' in text
     assert "\t\t\turi strip_prefix /assets\n" in text
     assert "\t\t\tfile_server browse\n" in text

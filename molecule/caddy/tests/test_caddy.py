@@ -140,6 +140,12 @@ def test_hardening_score(host):
     assert host.service("caddy").is_running
 
 
+def test_listen_backlog_not_cut_by_hardening(host):
+    somaxconn = host.check_output("cat /proc/sys/net/core/somaxconn").strip()
+    listeners = host.check_output("ss -ltnH 'sport = :443'").split()
+    assert listeners and listeners[2] == somaxconn, listeners
+
+
 def test_access_log_written(host):
     curl(host, "https://www.test/logged")
     log = host.file("/var/log/caddy/access-www.test.log")

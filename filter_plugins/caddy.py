@@ -135,6 +135,7 @@ def _address(value: Any, where: str, what: str = "'address'") -> dict[str, Any]:
         _fail(where, f"{what} {value!r} is not a site address (no path or spaces; "
                      "use routes for paths)")
     host, port = _split_host_port(text, where, f"{what} {value!r}")
+    host = host.lower()  # host names are case-insensitive (duplicate check)
     if not host and port is None:
         _fail(where, f"{what} {value!r} needs a host name or a :port")
     return {"scheme": scheme, "host": host, "port": port}

@@ -196,7 +196,7 @@ def test_filter_map():
     ([site(address="example.com:http")], r"^caddy_sites\[0\]: 'address' .* bad port 'http'"),
     ([site(address=":0")], r"bad port 0"),
     ([site(address="https://")], r"needs a host name or a :port"),
-    ([PROXY_SITE, site(address="API.example.com"), site()], r"^caddy_sites\[2\]: address 'api.example.com' is already used by caddy_sites\[0\]"),
+    ([PROXY_SITE, site(address="API.example.com")], r"^caddy_sites\[1\]: address 'api.example.com' is already used by caddy_sites\[0\]"),
     ([site(colour="blue")], r"^caddy_sites\[0\]: unknown key\(s\) colour"),
     ([site(tls="letsencrypt")], r"^caddy_sites\[0\]: 'tls' 'letsencrypt' is not one of"),
     ([site(tls="files")], r"tls 'files' needs 'tls_cert'"),

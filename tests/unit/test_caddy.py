@@ -1,0 +1,265 @@
+"""Unit tests for filter_plugins/caddy.py: the caddy_sites model and its rendering."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_plugins"))
+
+import caddy  # noqa: E402  (filter_plugins is not a package)
+from caddy import (  # noqa: E402
+    AnsibleFilterError, caddy_admin_validate, caddy_quote, caddy_sites_render, caddy_sites_validate,
+)
+
+PROXY_SITE = {
+    "address": "api.example.com",
+    "routes": [
+        {"path": "/static/*", "file_server": {"root": "/srv/app/static",
+                                              "cache_control": "public, max-age=31536000, immutable"}},
+        {"reverse_proxy": {"upstreams": ["127.0.0.1:9999"]}},
+    ],
+}
+SPLIT_SITE = {
+    "address": "example.com",
+    "routes": [
+        {"path": "/api/*", "reverse_proxy": {"upstreams": ["127.0.0.1:9999"]}},
+        {"reverse_proxy": {"upstreams": ["127.0.0.1:3000"]}},
+    ],
+}
+BLUE_GREEN = {
+    "address": "app.example.com",
+    "routes": [{"reverse_proxy": {
+        "upstreams": ["127.0.0.1:8001", "127.0.0.1:8002"],
+        "health_uri": "/health", "health_interval": "2s",
+        "lb_try_duration": "5s", "lb_try_interval": "250ms",
+    }}],
+}
+
+
+def site(**changes):
+    result = copy.deepcopy(PROXY_SITE)
+    result.update(changes)
+    return result
+
+
+def route_site(route):
+    return {"address": "example.com", "routes": [route]}
+
+
+# ---------------------------------------------------------------- good input
+
+def test_layout_api_with_static_files():
+    text = caddy_sites_render([PROXY_SITE])
+    assert text.startswith("api.example.com {\n")
+    assert "\thandle /static/* {\n" in text
+    assert '\t\t\theader Cache-Control "public, max-age=31536000, immutable"\n' in text
+    assert "\t\t\troot * /srv/app/static\n\t\t\tfile_server\n" in text
+    assert "\t\thandle {\n\t\t\treverse_proxy 127.0.0.1:9999\n" in text
+    # Routes keep their order inside one route block.
+    assert text.index("handle /static/*") < text.index("handle {")
+    assert "\troute {\n" in text
+
+
+def test_layout_api_and_frontend_split():
+    text = caddy_sites_render([SPLIT_SITE])
+    assert "handle /api/* {\n\t\t\treverse_proxy 127.0.0.1:9999\n" in text
+    assert "handle {\n\t\t\treverse_proxy 127.0.0.1:3000\n" in text
+
+
+def test_blue_green_health_and_retries():
+    text = caddy_sites_render([BLUE_GREEN])
+    assert "reverse_proxy 127.0.0.1:8001 127.0.0.1:8002 {\n" in text
+    for line in ("lb_policy round_robin", "lb_try_duration 5s", "lb_try_interval 250ms",
+                 "health_uri /health", "health_interval 2s"):
+        assert f"\t\t\t\t{line}\n" in text
+
+
+def test_security_headers_hsts_and_no_server_header_by_default():
+    text = caddy_sites_render([PROXY_SITE])
+    for line in ("-Server", "X-Content-Type-Options nosniff", "X-Frame-Options DENY",
+                 "Referrer-Policy strict-origin-when-cross-origin",
+                 'Strict-Transport-Security "max-age=31536000; includeSubDomains"'):
+        assert f"\t\t{line}\n" in text
+    assert "\tencode zstd gzip\n" in text
+
+
+def test_no_hsts_without_tls_and_plain_http_address():
+    [norm] = caddy_sites_validate([site(address=":8080")])
+    assert norm["tls"] == "off" and norm["labels"] == [":8080"]
+    assert "Strict-Transport-Security" not in norm["headers"]
+    [norm] = caddy_sites_validate([site(tls="off")])
+    assert norm["labels"] == ["http://api.example.com"]
+    # YAML 1.1 reads an unquoted `off` as false.
+    [norm] = caddy_sites_validate([site(tls=False)])
+    assert norm["tls"] == "off"
+
+
+def test_http_to_https_redirect_blocks():
+    text = caddy_sites_render([site(aliases=["www.example.com:8443"])], {"https_port": 443})
+    assert "\nhttp://api.example.com {\n\theader -Server\n\tredir https://{host}{uri} permanent\n}\n" in text
+    assert "\nhttp://www.example.com {\n\theader -Server\n\tredir https://{host}:8443{uri} permanent\n}\n" in text
+    text = caddy_sites_render([site()], {"https_port": 8443})
+    assert "\tredir https://{host}:8443{uri} permanent\n" in text
+    assert "http://" not in caddy_sites_render([site(tls="off")]).replace("http://api.example.com {", "")
+
+
+def test_overrides_per_site():
+    text = caddy_sites_render([site(encode=False, security_headers=False, access_log=False,
+                                    headers={"X-Frame-Options": "SAMEORIGIN", "X-Powered-By": None})])
+    assert "encode" not in text
+    assert "nosniff" not in text and "Strict-Transport-Security" not in text
+    assert "\t\tX-Frame-Options SAMEORIGIN\n" in text
+    assert "\t\t-X-Powered-By\n" in text
+    assert "\tlog {" not in text
+
+
+def test_tls_modes():
+    assert "\ttls internal\n" in caddy_sites_render([site(tls="internal")])
+    text = caddy_sites_render([site(tls="files", tls_cert="/etc/ssl/a.pem", tls_key="/etc/ssl/a.key")])
+    assert "\ttls /etc/ssl/a.pem /etc/ssl/a.key\n" in text
+    assert "\ttls" not in caddy_sites_render([site(tls="acme")])
+    [norm] = caddy_sites_validate([site()], {"tls": "internal"})
+    assert norm["tls"] == "internal"
+
+
+def test_access_log_with_rotation():
+    text = caddy_sites_render([site(aliases=["*.example.org"])],
+                              {"log_dir": "/var/log/web/", "log_roll_keep": 5})
+    assert "\t\toutput file /var/log/web/access-api.example.com.log {\n" in text
+    assert "\t\t\troll_size 100MiB\n\t\t\troll_keep 5\n\t\t\troll_keep_for 720h\n" in text
+    assert text.startswith("api.example.com, *.example.org {\n")
+
+
+def test_redirect_strip_prefix_and_several_paths():
+    text = caddy_sites_render([{"address": "example.com", "routes": [
+        {"path": ["/old", "/older/*"], "redirect": {"to": "https://example.com/new{uri}", "code": "302"}},
+        {"path": "/assets/*", "strip_prefix": True, "file_server": {"root": "/srv/assets", "browse": True}},
+        {"reverse_proxy": {"upstreams": ["unix//run/app.sock", "https://[::1]:8443"], "transport_tls": True,
+                           "headers_up": {"X-Real-IP": "{remote_host}"}}},
+    ]}])
+    assert "\t@route0 path /old /older/*\n" in text
+    assert '\t\t\tredir * "https://example.com/new{uri}" 302\n' in text
+    assert "\t\t\turi strip_prefix /assets\n" in text
+    assert "\t\t\tfile_server browse\n" in text
+    assert "reverse_proxy unix//run/app.sock https://[::1]:8443 {\n" in text
+    assert '\t\t\t\theader_up X-Real-IP "{remote_host}"\n' in text
+    assert "\t\t\t\ttransport http {\n\t\t\t\t\ttls\n\t\t\t\t}\n" in text
+
+
+def test_raw_escape_hatch_and_quoting():
+    text = caddy_sites_render([site(raw=["respond /ping 200", "basicauth /admin/* {\n\tbob hash\n}"])])
+    assert "\trespond /ping 200\n\tbasicauth /admin/* {\n\t\tbob hash\n\t}\n}" in text
+    assert caddy_quote("plain") == "plain"
+    assert caddy_quote('a "b"') == '"a \\"b\\""'
+    assert caddy_quote("") == '""'
+    with pytest.raises(AnsibleFilterError):
+        caddy_quote("two\nlines")
+
+
+def test_empty_and_normalised():
+    assert caddy_sites_validate(None) == []
+    assert caddy_sites_render([]) == ""
+    [norm] = caddy_sites_validate([BLUE_GREEN])
+    assert norm["routes"][0]["proxy"]["lb_policy"] == "round_robin"
+    [norm] = caddy_sites_validate([SPLIT_SITE])
+    assert norm["routes"][0]["proxy"]["lb_policy"] is None
+
+
+def test_admin_addresses():
+    assert caddy_admin_validate("unix//run/caddy/admin.sock") == "unix//run/caddy/admin.sock"
+    assert caddy_admin_validate("localhost:2019") == "localhost:2019"
+    assert caddy_admin_validate("[::1]:2019") == "[::1]:2019"
+    for bad in ("0.0.0.0:2019", ":2019", "example.com:2019", "off", "localhost", "unix//", "", None,
+                "localhost:99999"):
+        with pytest.raises(AnsibleFilterError, match="^caddy_admin"):
+            caddy_admin_validate(bad)
+
+
+def test_filter_map():
+    names = set(caddy.FilterModule().filters())
+    assert {"caddy_sites_validate", "caddy_sites_render", "caddy_admin_validate", "caddy_quote"} <= names
+
+
+# ----------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize(("sites", "message"), [
+    ("api.example.com", r"^caddy_sites: must be a list"),
+    ([{"routes": []}], r"^caddy_sites\[0\]: 'address' is required"),
+    ([site(address="exa mple.com")], r"^caddy_sites\[0\]: 'address' .* not a site address"),
+    ([site(address="example.com/api")], r"^caddy_sites\[0\]: 'address' .* not a site address"),
+    ([site(address="bad_host!.com")], r"^caddy_sites\[0\]: 'address' .* bad host name"),
+    ([site(address="example.com:99999")], r"^caddy_sites\[0\]: 'address' .* bad port 99999"),
+    ([site(address="example.com:http")], r"^caddy_sites\[0\]: 'address' .* bad port 'http'"),
+    ([site(address=":0")], r"bad port 0"),
+    ([site(address="https://")], r"needs a host name or a :port"),
+    ([PROXY_SITE, site(address="API.example.com")], r"^caddy_sites\[1\]: address 'api.example.com' is already used by caddy_sites\[0\]"),
+    ([site(colour="blue")], r"^caddy_sites\[0\]: unknown key\(s\) colour"),
+    ([site(tls="letsencrypt")], r"^caddy_sites\[0\]: 'tls' 'letsencrypt' is not one of"),
+    ([site(tls="files")], r"tls 'files' needs 'tls_cert'"),
+    ([site(tls_cert="/a.pem")], r"only used with tls: files"),
+    ([site(address="http://example.com", tls="internal")], r"http:// address cannot use tls"),
+    ([site(address=":8443", tls="internal")], r"needs a host name in the address"),
+    ([site(routes=[])], r"^caddy_sites\[0\]: needs at least one route"),
+    ([site(routes={"path": "/"})], r"'routes' must be a list"),
+    ([site(security_headers="yes")], r"'security_headers' must be true or false"),
+    ([site(headers={"Bad Header": "x"})], r"bad header name"),
+    ([site(headers={"X-A": "two\nlines"})], r"single line"),
+])
+def test_bad_sites(sites, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        caddy_sites_validate(sites)
+
+
+@pytest.mark.parametrize(("route", "message"), [
+    ({"path": "/x"}, r"needs exactly one handler .* got none"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"]}, "redirect": {"to": "/"}},
+     r"needs exactly one handler .* got reverse_proxy, redirect"),
+    ({"reverse_proxy": {}}, r"needs exactly one handler"),
+    ({"reverse_proxy": {"upstreams": []}}, r"needs at least one upstream"),
+    ({"reverse_proxy": {"lb_policy": "first"}}, r"needs at least one upstream"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1"]}}, r"upstream '127.0.0.1' needs a host and a port"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:70000"]}}, r"bad port 70000"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:99a"]}}, r"bad port '99a'"),
+    ({"reverse_proxy": {"upstreams": ["[::1:80"]}}, r"unclosed IPv6 bracket"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "lb_policy": "fastest"}}, r"'lb_policy' 'fastest'"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "lb_try_duration": "5 seconds"}}, r"not a duration"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "lb_try_interval": "1s"}}, r"no effect without"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "health_interval": "1s"}}, r"need 'health_uri'"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "health_uri": "health"}}, r"must be a path"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "health_uri": "/h", "health_status": "ok"}},
+     r"'health_status'"),
+    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "retries": 3}}, r"unknown key\(s\) retries"),
+    ({"file_server": {"root": "static"}}, r"'root' must be an absolute path"),
+    ({"redirect": {"code": "301"}}, r"redirect needs 'to'"),
+    ({"redirect": {"to": "/", "code": "304"}}, r"redirect 'code' '304'"),
+    ({"path": "api/*", "redirect": {"to": "/"}}, r"'path' 'api/\*' must start with /"),
+    ({"path": "/*", "strip_prefix": True, "file_server": {"root": "/srv"}}, r"'strip_prefix' needs"),
+])
+def test_bad_routes(route, message):
+    with pytest.raises(AnsibleFilterError, match=r"^caddy_sites\[0\]\.routes\[0\](\.reverse_proxy)?: (.* )?" + message):
+        caddy_sites_validate([route_site(route)])
+
+
+def test_unreachable_routes_are_refused():
+    catch_all = {"reverse_proxy": {"upstreams": ["127.0.0.1:1"]}}
+    api = {"path": "/api/*", "reverse_proxy": {"upstreams": ["127.0.0.1:2"]}}
+    api_v2 = {"path": "/api/v2/*", "reverse_proxy": {"upstreams": ["127.0.0.1:3"]}}
+    with pytest.raises(AnsibleFilterError, match=r"^caddy_sites\[0\]\.routes\[1\]: is unreachable: routes\[0\]"):
+        caddy_sites_validate([{"address": "a.example", "routes": [catch_all, api]}])
+    with pytest.raises(AnsibleFilterError, match=r"routes\[1\]: is unreachable"):
+        caddy_sites_validate([{"address": "a.example", "routes": [api, api_v2]}])
+    # Specific first is fine.
+    assert len(caddy_sites_validate([{"address": "a.example", "routes": [api_v2, api, catch_all]}])[0]["routes"]) == 3
+
+
+def test_error_names_the_right_site():
+    bad = copy.deepcopy(SPLIT_SITE)
+    bad["routes"][1]["reverse_proxy"]["upstreams"] = ["localhost:0"]
+    with pytest.raises(AnsibleFilterError, match=r"^caddy_sites\[1\]\.routes\[1\]: upstream 'localhost:0' has a bad port 0"):
+        caddy_sites_validate([PROXY_SITE, bad])
+    with pytest.raises(AnsibleFilterError, match=r"^web_sites\[0\]"):
+        caddy_sites_validate([{"address": "x.example"}], var="web_sites")

@@ -13,7 +13,7 @@ export STACK_CACHE_DIR ?= /var/cache/ansible-stack
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 SCENARIO    ?= default
 
-.PHONY: help venv engine images lint unit molecule test sandbox sandbox-destroy bench clean
+.PHONY: help venv engine images lint unit molecule test sandbox sandbox-destroy bench-stack clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ sandbox: $(VENV_STAMP) ## Deploy the whole stack into local systemd containers
 
 sandbox-destroy: $(VENV_STAMP) ## Remove the sandbox containers
 	@scripts/sandbox.sh destroy
+
+bench-stack: $(VENV_STAMP) ## Benchmark: cold converge, no-op re-run, redeploy under load
+	@scripts/harness.sh images
+	@benchmarks/stack_bench.sh
 
 clean: ## Remove the venv and local caches
 	rm -rf $(VENV) .cache

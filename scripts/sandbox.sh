@@ -2,6 +2,7 @@
 # The local sandbox: one systemd container holding the whole stack (groups
 # db, app and web), deployed with playbooks/site.yml exactly as a VPS would be.
 #   scripts/sandbox.sh up        create/start the container and converge it
+#   scripts/sandbox.sh start     create/start the container only
 #   scripts/sandbox.sh destroy   remove the container
 #   scripts/sandbox.sh status    print URLs and health
 # Caddy is published on 127.0.0.1:8080 (HTTP) and 127.0.0.1:8443 (HTTPS,
@@ -14,6 +15,9 @@ IMAGE="${STACK_SANDBOX_IMAGE:-${STACK_IMAGE_DEBIAN12:-stack-debian:12}}"
 CACHE="${STACK_CACHE_DIR:-/var/cache/ansible-stack}"
 HTTP_PORT="${STACK_SANDBOX_HTTP_PORT:-8080}"
 HTTPS_PORT="${STACK_SANDBOX_HTTPS_PORT:-8443}"
+INVENTORY="${STACK_SANDBOX_INVENTORY:-inventories/sandbox}"
+# Set to 0 to publish no port (benchmarks run beside a sandbox).
+PUBLISH="${STACK_SANDBOX_PUBLISH:-1}"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 
 log() { printf '[sandbox] %s\n' "$*" >&2; }
@@ -29,6 +33,8 @@ start_container() {
     running) return 0 ;;
     missing)
       log "starting container $NAME from $IMAGE"
+      local publish=()
+      [ "$PUBLISH" = 1 ] && publish=(-p "127.0.0.1:$HTTP_PORT:$HTTP_PORT" -p "127.0.0.1:$HTTPS_PORT:$HTTPS_PORT")
       docker run -d --name "$NAME" --hostname sandbox \
         --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined \
         --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
@@ -36,7 +42,7 @@ start_container() {
         -v "$CACHE/apt/debian12/archives:/var/cache/apt/archives" \
         -v "$CACHE/apt/debian12/lists:/var/lib/apt/lists" \
         -v "$CACHE/pip:/var/cache/stack-pip" \
-        -p "127.0.0.1:$HTTP_PORT:$HTTP_PORT" -p "127.0.0.1:$HTTPS_PORT:$HTTPS_PORT" \
+        "${publish[@]}" \
         --label stack.sandbox=true \
         "$IMAGE" /lib/systemd/systemd >/dev/null ;;
     *) log "starting stopped container $NAME"; docker start "$NAME" >/dev/null ;;
@@ -80,8 +86,12 @@ case "${1:-up}" in
     mkdir -p "$CACHE/apt/debian12/archives" "$CACHE/apt/debian12/lists" "$CACHE/pip"
     start_container
     log "deploying with playbooks/site.yml"
-    ansible-playbook -i inventories/sandbox playbooks/site.yml ${STACK_SANDBOX_ARGS:-}
+    ansible-playbook -i "$INVENTORY" playbooks/site.yml ${STACK_SANDBOX_ARGS:-}
     status
+    ;;
+  start)
+    mkdir -p "$CACHE/apt/debian12/archives" "$CACHE/apt/debian12/lists" "$CACHE/pip"
+    start_container
     ;;
   status) status ;;
   destroy)
@@ -92,5 +102,5 @@ case "${1:-up}" in
       log "no sandbox container"
     fi
     ;;
-  *) echo "usage: $0 up|status|destroy" >&2; exit 2 ;;
+  *) echo "usage: $0 up|start|status|destroy" >&2; exit 2 ;;
 esac

@@ -44,9 +44,32 @@ scenarios() {
   done
 }
 
+# Containers left by an interrupted run (Docker's storage can outlive the
+# machine's processes) would be reused by `molecule create`: remove them.
+remove_stale_containers() { # remove_stale_containers SCENARIO
+  local names
+  names="$(python - "$1" <<'PY'
+import sys, yaml
+scenario = sys.argv[1]
+own = yaml.safe_load(open(f"molecule/{scenario}/molecule.yml")) or {}
+base = yaml.safe_load(open(".config/molecule/config.yml"))
+for p in own.get("platforms") or base["platforms"]:
+    print(p["name"].replace("${MOLECULE_SCENARIO_NAME}", scenario))
+PY
+)"
+  local name
+  for name in $names; do
+    if docker inspect "$name" >/dev/null 2>&1; then
+      echo "removing stale container $name"
+      docker rm -f "$name" >/dev/null
+    fi
+  done
+}
+
 do_molecule() { # do_molecule SCENARIO
   local scenario="$1" rc
   mkdir -p reports "${STACK_CACHE_DIR:-/var/cache/ansible-stack}"
+  remove_stale_containers "$scenario"
   molecule test -s "$scenario" 2>&1 | tee "reports/molecule-${scenario}.log"
   rc=${PIPESTATUS[0]}
   return "$rc"

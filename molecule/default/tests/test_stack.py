@@ -21,7 +21,7 @@ def test_health_through_caddy(host):
 
 
 def test_plain_http_redirects_to_https(host):
-    out = host.check_output("curl -sS -o /dev/null -w '%%{http_code} %%{redirect_url}' http://localhost:8080/health")
+    out = host.check_output("curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' http://localhost:8080/health")
     code, location = out.split(" ", 1)
     assert code in ("301", "308"), out
     assert location.startswith("https://localhost:8443/"), out

@@ -21,6 +21,7 @@ TABLES = {
 # Seeded row counts (seed.sql, seed-inventory.sql).
 SEEDED = {"audit.events": 3100, "public.customers": 2000, "public.order_items": 12345,
           "public.orders": 5000, "public.stock": 3000}
+MARKER = "/var/lib/backups/onfailure-backups-verify.service.marker"
 FABRICATED_KEPT = {"20250310T020000Z", "20250309T020000Z", "20250215T020000Z"}
 
 
@@ -42,6 +43,11 @@ def sets(host):
     return {n for n in out.split() if n.endswith("Z") and n[0].isdigit()}
 
 
+def marker_appears(host, path, seconds=30):
+    """OnFailure= starts the alert unit asynchronously: wait for its marker."""
+    return host.run(f"timeout {seconds} sh -c 'until test -s {path}; do sleep 0.5; done'").rc == 0
+
+
 def test_timer_active_and_enabled(host):
     timer = host.service("backups.timer")
     assert timer.is_enabled
@@ -55,7 +61,7 @@ def test_service_runs_as_postgres_hardened(host):
     props = host.check_output("systemctl show backups.service -p User -p Type -p ProtectSystem -p NoNewPrivileges -p OnFailure")
     assert "User=postgres" in props and "Type=oneshot" in props
     assert "ProtectSystem=strict" in props and "NoNewPrivileges=yes" in props
-    assert "OnFailure=backups-alert@backups.service.service" in props
+    assert "OnFailure=backups-alert@backups.service" in props
     score = host.run("systemd-analyze security backups.service --no-pager | tail -n1")
     print(f"{host.backend.host}: {score.stdout.strip()}")
 
@@ -138,8 +144,9 @@ def test_restore_into_live_database_without_confirmation_refuses(host):
          "-e", "backups_target=all", "-e", "backups_restore_database=app"],
         capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode != 0, proc.stdout
-    assert "Refusing to restore over the live database app" in proc.stdout
-    assert "Nothing was changed" in proc.stdout
+    output = proc.stdout + proc.stderr
+    assert "Refusing to restore over the live database app" in output
+    assert "Nothing was changed" in output
     # Nothing changed: same database (same oid), same counts, no safety backup, no staging database.
     assert sql(host, "postgres", "SELECT oid FROM pg_database WHERE datname = 'app'") == oid_before
     assert counts(host, "app") == before
@@ -159,8 +166,8 @@ def test_corrupted_dump_fails_the_verify_unit_and_alerts(host):
     assert host.check_output("systemctl is-failed backups-verify.service || true") == "failed"
     verify = status(host)["last_verify"]
     assert verify["result"] == "failed" and "checksum mismatch" in verify["error"]
-    marker = host.file("/var/lib/backups/onfailure-backups-verify.service.marker")
-    assert marker.exists, "OnFailure command did not run"
+    assert marker_appears(host, MARKER), "the OnFailure command did not run"
+    assert "alert unit=backups-verify.service" in host.check_output("journalctl -u 'backups-alert@*' --no-pager -o cat")
 
 
 def test_corrupted_dump_with_matching_checksum_fails_the_test_restore(host):
@@ -173,5 +180,5 @@ def test_corrupted_dump_with_matching_checksum_fails_the_test_restore(host):
     verify = status(host)["last_verify"]
     assert verify["result"] == "failed"
     assert "pg_restore" in verify["error"] or "row counts differ" in verify["error"]
-    assert host.file("/var/lib/backups/onfailure-backups-verify.service.marker").exists
+    assert marker_appears(host, MARKER), "the OnFailure command did not run"
     assert sql(host, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE '%verify%'") == "0"

@@ -114,6 +114,23 @@ def test_restore_playbook_into_new_database(host):
     assert owner == "app_owner"
 
 
+def test_restore_playbook_over_live_database_with_confirmation(host):
+    # The side effect deleted 100 rows, then restored with backups_restore_confirm=inventory.
+    assert counts(host, "inventory") == {"public.stock": 3000}
+    safety = host.check_output(f"ls -1 {BACKUP_DIR}/safety").split()
+    dumps = [f for f in safety if f.startswith("inventory-") and f.endswith(".dump")]
+    assert len(dumps) == 1 and f"{dumps[0]}.sha256" in safety
+    host.check_output(f"cd {BACKUP_DIR}/safety && sha256sum -c {dumps[0]}.sha256")
+    # The safety backup holds the damaged state that was replaced.
+    host.check_output(f"runuser -u postgres -- createdb -p 9991 safety_check")
+    try:
+        host.check_output(f"runuser -u postgres -- pg_restore -p 9991 -d safety_check {BACKUP_DIR}/safety/{dumps[0]}")
+        assert sql(host, "safety_check", "SELECT count(*) FROM stock") == "2900"
+    finally:
+        host.check_output("runuser -u postgres -- dropdb -p 9991 safety_check")
+    assert sql(host, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'inventory\\_\\_%'") == "0"
+
+
 def test_retention_kept_exactly_the_expected_sets(host):
     last = status(host)["last_good"]
     # Hand-computed for daily 3, weekly 3, monthly 3 over the first real set,
@@ -138,6 +155,7 @@ def test_restore_into_live_database_without_confirmation_refuses(host):
     name = host.backend.host
     before = counts(host, "app")
     oid_before = sql(host, "postgres", "SELECT oid FROM pg_database WHERE datname = 'app'")
+    safety_before = host.check_output(f"ls -1 {BACKUP_DIR}/safety")
     playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "restore.yml")
     proc = subprocess.run(
         ["ansible-playbook", "-i", _molecule_inventory(), "-l", name, playbook,
@@ -150,7 +168,7 @@ def test_restore_into_live_database_without_confirmation_refuses(host):
     # Nothing changed: same database (same oid), same counts, no safety backup, no staging database.
     assert sql(host, "postgres", "SELECT oid FROM pg_database WHERE datname = 'app'") == oid_before
     assert counts(host, "app") == before
-    assert not host.file(f"{BACKUP_DIR}/safety").exists
+    assert host.check_output(f"ls -1 {BACKUP_DIR}/safety") == safety_before
     assert sql(host, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE '%restore'") == "0"
 
 

@@ -7,6 +7,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# Plain output in logs and CI; colours only on a terminal.
+[ -t 1 ] && [ -z "${CI:-}" ] || export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
+
 declare -a names=() results=() durations=()
 failed=0
 

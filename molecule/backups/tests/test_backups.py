@@ -144,6 +144,34 @@ def test_retention_kept_exactly_the_expected_sets(host):
             "20241201T020000Z"} <= set(last["pruned"])
 
 
+def test_offsite_copy_over_ssh(host):
+    good = status(host)["last_good"]
+    assert good["offsite"] == ["rsync"]
+    remote = f"/srv/offsite/backups/{good['set']}"
+    assert host.file(remote).user == "offsite"
+    for name in ("app.dump", "inventory.dump", "globals.sql"):
+        host.check_output(f"cd {remote} && sha256sum -c {name}.sha256")
+    assert host.file(f"{remote}/manifest.json").exists
+
+
+def test_offsite_failure_fails_the_run_and_skips_retention(host):
+    before = sets(host)
+    host.check_output("rm -f /var/lib/backups/onfailure-*.marker")
+    host.check_output("chmod 0500 /srv/offsite/backups")
+    try:
+        result = host.run("systemctl start backups.service")
+    finally:
+        host.check_output("chmod 0700 /srv/offsite/backups")
+    assert result.rc != 0
+    last = status(host)["last_run"]
+    assert last["result"] == "failed" and "off-site rsync failed" in last["error"]
+    assert marker_appears(host, "/var/lib/backups/onfailure-backups.service.marker")
+    # The new set is complete locally (dumped and verified) but nothing was pruned.
+    assert before < sets(host) and len(sets(host)) == len(before) + 1
+    assert "result=failed" in host.check_output("journalctl -u backups.service --no-pager -o cat | tail -n 3")
+    host.check_output("systemctl reset-failed backups.service")
+
+
 def _molecule_inventory():
     path = os.environ.get("MOLECULE_INVENTORY_FILE")
     if not path or not os.path.exists(path):
@@ -173,7 +201,7 @@ def test_restore_into_live_database_without_confirmation_refuses(host):
 
 
 def test_corrupted_dump_fails_the_verify_unit_and_alerts(host):
-    newest = status(host)["last_good"]["set"]
+    newest = max(sets(host))  # what the verify unit checks
     dump = f"{BACKUP_DIR}/{newest}/app.dump"
     host.check_output("rm -f /var/lib/backups/onfailure-*.marker")
     size = host.file(dump).size
@@ -190,7 +218,7 @@ def test_corrupted_dump_fails_the_verify_unit_and_alerts(host):
 
 def test_corrupted_dump_with_matching_checksum_fails_the_test_restore(host):
     # Corruption that happened before the checksum was taken: only the restore can catch it.
-    newest = status(host)["last_good"]["set"]
+    newest = max(sets(host))
     set_dir = f"{BACKUP_DIR}/{newest}"
     host.check_output(f"cd {set_dir} && sha256sum app.dump > app.dump.sha256")
     host.check_output("rm -f /var/lib/backups/onfailure-*.marker && systemctl reset-failed backups-verify.service")

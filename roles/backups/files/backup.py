@@ -100,6 +100,22 @@ class Runner:
     def rename_database(self, old: str, new: str) -> None:
         self.admin(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
 
+    def copy_database_acl(self, source: str, target: str) -> None:
+        """GRANT ... ON DATABASE are not inside a pg_dump archive restored without --create: copy them."""
+        if not self.admin("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (source,))[0][0]:
+            return
+        target_id = sql.Identifier(target)
+        self.admin(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(target_id))
+        rows = self.admin("SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN NULL "
+                          "ELSE pg_get_userbyid(a.grantee) END, a.is_grantable "
+                          "FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s", (source,))
+        for privilege, grantee, grantable in rows:
+            statement = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
+                sql.SQL(privilege), target_id, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"))
+            if grantable:
+                statement = sql.SQL("{} WITH GRANT OPTION").format(statement)
+            self.admin(statement)
+
     def scratch_name(self, database: str, suffix: str) -> str:
         return f"{database[:63 - len(suffix)]}{suffix}"
 
@@ -181,6 +197,25 @@ class Runner:
         if os.path.isdir(path):
             return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
         return os.path.getsize(path)
+
+    @staticmethod
+    def fsync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def fsync_tree(self, path: str) -> None:
+        """Flush every file of a set, then the directories, before the set is renamed into place."""
+        for root, _, files in os.walk(path):
+            for name in files:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            self.fsync_dir(root)
 
     # ------------------------------------------------------------ dump / restore
     def dump_database(self, database: str, out: str) -> dict[str, Any]:
@@ -382,8 +417,9 @@ class Runner:
             with open(os.path.join(partial, MANIFEST), "w", encoding="utf-8") as handle:
                 json.dump(manifest, handle, indent=2, sort_keys=True)
                 handle.write("\n")
-            os.sync()
+            self.fsync_tree(partial)
             os.rename(partial, final)
+            self.fsync_dir(self.dir)
             record.update({"databases": {d: {**{k: v for k, v in i.items() if k != "tables"},
                                              "tables": len(i["tables"]), "rows": sum(i["tables"].values())}
                                          for d, i in manifest["databases"].items()},
@@ -392,7 +428,7 @@ class Runner:
                 record["offsite"] = self.offsite(final)
             if retention:
                 record["pruned"] = self.retention()
-        except (BackupError, OSError, psycopg2.Error, backups_lib.AnsibleFilterError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, record it, clean up and fail the unit
             shutil.rmtree(partial, ignore_errors=True)
             record.update({"result": "failed", "error": str(exc).strip(), "finished": iso(utcnow()),
                            "duration_seconds": round(time.monotonic() - clock, 1)})
@@ -507,6 +543,7 @@ class Runner:
                 raise BackupError(f"restored row counts differ from the manifest of {name}")
             # 4. Swap: close the old database, rename, drop it (the safety backup holds it).
             if live:
+                self.copy_database_acl(target, staging)
                 old = self.scratch_name(target, "__old")
                 self.drop_database(old)
                 self.admin(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(target)))

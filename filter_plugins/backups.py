@@ -1,0 +1,160 @@
+"""Filters for the backups role: grandfather-father-son retention, backup set
+names and pg_dump compression arguments.
+
+This file is also shipped to the database hosts (as backups_lib.py beside the
+backup script, through the symlink roles/backups/files/backups_lib.py) so the
+retention the script applies is exactly the code tested in
+tests/unit/test_backups.py. It therefore needs nothing but the standard
+library; ansible is optional.
+
+The FilterModule at the bottom is a thin map from filter names to the plain
+functions above it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+try:
+    from ansible.errors import AnsibleFilterError
+except ImportError:  # on the database host: the backup script has no ansible
+    class AnsibleFilterError(Exception):  # type: ignore[no-redef]
+        """Stand-in when ansible is not importable."""
+
+
+# A backup set is a directory named after the UTC time its run started.
+SET_NAME_FORMAT = "%Y%m%dT%H%M%SZ"
+SET_NAME_RE = re.compile(r"^\d{8}T\d{6}Z$")
+RETENTION_KEYS = ("daily", "weekly", "monthly")
+COMPRESSION_METHODS = ("auto", "gzip", "zstd", "none")
+# pg_dump learned --compress=zstd in PostgreSQL 16.
+ZSTD_MIN_VERSION = 16
+DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
+MAX_LEVELS = {"gzip": 9, "zstd": 22}
+
+
+def set_name(when: dt.datetime) -> str:
+    """Name of a backup set started at ``when`` (naive values are taken as UTC)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return when.strftime(SET_NAME_FORMAT)
+
+
+def parse_set_name(name: Any, var: str = "backup set") -> dt.datetime:
+    """Parse a set name like ``20250310T023000Z`` into a naive UTC datetime."""
+    if not isinstance(name, str) or not SET_NAME_RE.match(name):
+        raise AnsibleFilterError(f"{var}: {name!r} is not a backup set name like 20250310T023000Z")
+    try:
+        return dt.datetime.strptime(name, SET_NAME_FORMAT)
+    except ValueError as exc:
+        raise AnsibleFilterError(f"{var}: {name!r} is not a valid date and time ({exc})") from None
+
+
+def retention_policy(policy: Any, var: str = "backups_retention") -> dict[str, int]:
+    """Validate a retention mapping {daily, weekly, monthly} of counts >= 0.
+
+    Missing keys count as 0; at least one count must be positive, because the
+    policy is only ever applied after a good run and must keep that run.
+    """
+    if not isinstance(policy, Mapping):
+        raise AnsibleFilterError(f"{var}: must be a mapping with keys {', '.join(RETENTION_KEYS)}")
+    unknown = sorted(str(k) for k in set(policy) - set(RETENTION_KEYS))
+    if unknown:
+        raise AnsibleFilterError(f"{var}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(RETENTION_KEYS)}")
+    result = {}
+    for key in RETENTION_KEYS:
+        value = policy.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise AnsibleFilterError(f"{var}.{key}: must be a whole number >= 0, got {value!r}")
+        result[key] = value
+    if not any(result.values()):
+        raise AnsibleFilterError(f"{var}: at least one of daily, weekly, monthly must be positive")
+    return result
+
+
+def _bucket(when: dt.datetime, period: str) -> tuple[int, ...]:
+    if period == "daily":
+        return (when.year, when.month, when.day)
+    if period == "weekly":
+        iso = when.isocalendar()
+        return (iso[0], iso[1])
+    return (when.year, when.month)
+
+
+def retention_keep(names: Iterable[Any], policy: Any, var: str = "backups_retention") -> list[str]:
+    """Grandfather-father-son: the set names to keep, newest first.
+
+    For each period (daily, weekly by ISO week, monthly) the newest set of
+    each of the last N periods *that have a set* is kept, as borg and restic
+    do, so a pause in backups never ages every set out. The newest set is
+    always kept. Names that are not set names raise AnsibleFilterError rather
+    than being silently deleted or kept.
+    """
+    counts = retention_policy(policy, var)
+    parsed = sorted({(parse_set_name(n), str(n)) for n in names}, reverse=True)
+    if not parsed:
+        return []
+    keep = {parsed[0][1]}
+    for period, limit in counts.items():
+        seen: list[tuple[int, ...]] = []
+        for when, name in parsed:
+            bucket = _bucket(when, period)
+            if bucket in seen:
+                continue
+            if len(seen) >= limit:
+                break
+            seen.append(bucket)
+            keep.add(name)
+    return [name for _, name in parsed if name in keep]
+
+
+def retention_prune(names: Iterable[Any], policy: Any, var: str = "backups_retention") -> list[str]:
+    """The set names the retention policy deletes, oldest first."""
+    names = [str(n) for n in names]
+    keep = set(retention_keep(names, policy, var))
+    return sorted(n for n in set(names) if n not in keep)
+
+
+def compression_args(method: Any = "auto", level: Any = None, pg_version: Any = 15,
+                     var: str = "backups_compression") -> list[str]:
+    """pg_dump arguments for a compression choice and server major version.
+
+    ``auto`` picks zstd where pg_dump has it (PostgreSQL 16+) and gzip
+    otherwise; asking for zstd on an older pg_dump is an error rather than a
+    silent fallback. ``level`` None means the method's usual default.
+    """
+    if method not in COMPRESSION_METHODS:
+        raise AnsibleFilterError(f"{var}: {method!r} is not one of {', '.join(COMPRESSION_METHODS)}")
+    try:
+        version = int(str(pg_version).split(".", maxsplit=1)[0])
+    except ValueError:
+        raise AnsibleFilterError(f"{var}: PostgreSQL version {pg_version!r} is not a number") from None
+    if method == "auto":
+        method = "zstd" if version >= ZSTD_MIN_VERSION else "gzip"
+    if method == "none":
+        return ["--compress=0"]
+    if method == "zstd" and version < ZSTD_MIN_VERSION:
+        raise AnsibleFilterError(f"{var}: zstd needs pg_dump {ZSTD_MIN_VERSION} or later, this host has "
+                                 f"{version}; use gzip or auto")
+    if level in (None, ""):
+        level = DEFAULT_LEVELS[method]
+    if isinstance(level, bool) or not str(level).isdigit() or not 1 <= int(level) <= MAX_LEVELS[method]:
+        raise AnsibleFilterError(f"{var}_level: {level!r} is not a {method} level 1-{MAX_LEVELS[method]}")
+    if version < ZSTD_MIN_VERSION:
+        return [f"--compress={int(level)}"]
+    return [f"--compress={method}:{int(level)}"]
+
+
+class FilterModule:
+    """Ansible filter map for the backups role."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "backups_retention_policy": retention_policy,
+            "backups_retention_keep": retention_keep,
+            "backups_retention_prune": retention_prune,
+            "backups_compression_args": compression_args,
+        }

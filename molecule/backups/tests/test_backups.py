@@ -1,0 +1,254 @@
+"""Behaviour of the backups role and playbooks, seen from outside.
+
+The side effect ran playbooks/backup.yml, playbooks/restore.yml into the new
+database app_restored, fabricated old sets, and playbooks/backup.yml again.
+The tests run in file order; the last ones corrupt the newest set.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+PSQL = "runuser -u postgres -- psql -X -At -p 9991"
+BACKUP_DIR = "/var/backups/postgresql"
+STATUS = "/var/lib/backups/status.json"
+TABLES = {
+    "app": ["audit.events", "public.customers", "public.order_items", "public.orders"],
+    "inventory": ["public.stock"],
+}
+# Seeded row counts (seed.sql, seed-inventory.sql).
+SEEDED = {"audit.events": 3100, "public.customers": 2000, "public.order_items": 12345,
+          "public.orders": 5000, "public.stock": 3000}
+MARKER = "/var/lib/backups/onfailure-backups-verify.service.marker"
+FABRICATED_KEPT = {"20250310T020000Z", "20250309T020000Z", "20250215T020000Z"}
+
+
+def sql(host, database, query):
+    return host.check_output(f"{PSQL} -d {database} -c \"{query}\"")
+
+
+def counts(host, database):
+    tables = TABLES["inventory" if database == "inventory" else "app"]
+    return {t: int(sql(host, database, f"SELECT count(*) FROM {t}")) for t in tables}
+
+
+def status(host):
+    return json.loads(host.file(STATUS).content_string)
+
+
+def sets(host):
+    out = host.check_output(f"ls -1 {BACKUP_DIR}")
+    return {n for n in out.split() if n.endswith("Z") and n[0].isdigit()}
+
+
+def marker_appears(host, path, seconds=30):
+    """OnFailure= starts the alert unit asynchronously: wait for its marker."""
+    return host.run(f"timeout {seconds} sh -c 'until test -s {path}; do sleep 0.5; done'").rc == 0
+
+
+def test_timer_active_and_enabled(host):
+    timer = host.service("backups.timer")
+    assert timer.is_enabled
+    assert timer.is_running
+    assert "*-01-01 05:00:00" in host.check_output("systemctl cat backups.timer")
+    props = host.check_output("systemctl show backups.timer -p Persistent -p RandomizedDelayUSec")
+    assert "Persistent=yes" in props
+
+
+@pytest.fixture(scope="module")
+def check_mode_run():
+    """One `converge.yml --check --diff` over every host (a converge per host would double the time)."""
+    converge = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "converge.yml")
+    return subprocess.run(["ansible-playbook", "-i", _molecule_inventory(), converge, "--check", "--diff"],
+                          capture_output=True, text=True, check=False, timeout=900)
+
+
+def test_check_mode_reports_no_changes(host, check_mode_run):
+    proc = check_mode_run
+    recap = [line for line in proc.stdout.splitlines() if line.startswith(host.backend.host + " ")]
+    changed, task = [], None
+    for line in proc.stdout.splitlines():
+        if line.startswith("TASK ["):
+            task = line
+        elif line.startswith(f"changed: [{host.backend.host}]"):
+            changed.append(task)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], (recap, changed)
+
+
+def test_service_runs_as_postgres_hardened(host):
+    props = host.check_output("systemctl show backups.service -p User -p Type -p ProtectSystem -p NoNewPrivileges -p OnFailure")
+    assert "User=postgres" in props and "Type=oneshot" in props
+    assert "ProtectSystem=strict" in props and "NoNewPrivileges=yes" in props
+    assert "OnFailure=backups-alert@backups.service" in props
+    score = host.run("systemd-analyze security backups.service --no-pager | tail -n1")
+    print(f"{host.backend.host}: {score.stdout.strip()}")
+
+
+def test_seeded_data_is_there(host):
+    assert counts(host, "app") == {t: SEEDED[t] for t in TABLES["app"]}
+    assert counts(host, "inventory") == {"public.stock": 3000}
+
+
+def test_service_run_produced_dumps_checksums_globals(host):
+    good = status(host)["last_good"]
+    assert good["result"] == "ok"
+    set_dir = f"{BACKUP_DIR}/{good['set']}"
+    for database in ("app", "inventory"):
+        dump = host.file(f"{set_dir}/{database}.dump")
+        assert dump.user == "postgres" and dump.mode == 0o600
+        assert dump.size > 10000 if database == "app" else dump.size > 1000
+        # The checksum file is in sha256sum format and matches.
+        host.check_output(f"cd {set_dir} && sha256sum -c {database}.dump.sha256")
+        # A custom-format archive pg_restore can read, with the seeded tables.
+        toc = host.check_output(f"runuser -u postgres -- pg_restore -l {set_dir}/{database}.dump")
+        for table in TABLES[database]:
+            assert f"TABLE DATA {table.replace('.', ' ')} " in toc
+    globals_sql = host.check_output(f"cat {set_dir}/globals.sql")
+    assert "CREATE ROLE app_owner" in globals_sql
+    host.check_output(f"cd {set_dir} && sha256sum -c globals.sql.sha256")
+    assert not host.run(f"ls -d {BACKUP_DIR}/.partial-*").succeeded
+    print(f"{host.backend.host}: set {good['set']} size {good['size']} bytes in {good['duration_seconds']} s")
+
+
+def test_verification_ran_with_matching_counts(host):
+    good = status(host)["last_good"]
+    manifest = json.loads(host.file(f"{BACKUP_DIR}/{good['set']}/manifest.json").content_string)
+    for database in ("app", "inventory"):
+        info = manifest["databases"][database]
+        assert info["verified"] is True
+        # Counted in pg_dump's snapshot and compared with the restored copy by the run.
+        assert info["tables"] == {t: SEEDED[t] for t in TABLES[database]}
+        assert info["verified_rows"] == sum(info["tables"].values())
+    # The scratch databases are gone again.
+    assert sql(host, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE '%verify%'") == "0"
+    journal = host.check_output("journalctl -u backups.service --no-pager -o cat")
+    assert "result=ok" in journal
+    assert "database=app" in journal and "verified=true" in journal
+
+
+def test_restore_playbook_into_new_database(host):
+    assert counts(host, "app_restored") == counts(host, "app")
+    owner = sql(host, "postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app_restored'")
+    assert owner == "app_owner"
+
+
+def test_restore_playbook_over_live_database_with_confirmation(host):
+    # The side effect deleted 100 rows, then restored with backups_restore_confirm=inventory.
+    assert counts(host, "inventory") == {"public.stock": 3000}
+    safety = host.check_output(f"ls -1 {BACKUP_DIR}/safety").split()
+    dumps = [f for f in safety if f.startswith("inventory-") and f.endswith(".dump")]
+    assert len(dumps) == 1 and f"{dumps[0]}.sha256" in safety
+    host.check_output(f"cd {BACKUP_DIR}/safety && sha256sum -c {dumps[0]}.sha256")
+    # GRANT ... ON DATABASE of the replaced database carried over (the postgresql role revoked PUBLIC).
+    acl = sql(host, "postgres", "SELECT datacl FROM pg_database WHERE datname = 'inventory'")
+    assert "app_owner=CTc/app_owner" in acl and not acl.startswith("{=") and ",=" not in acl, acl
+    # The safety backup holds the damaged state that was replaced.
+    host.check_output(f"runuser -u postgres -- createdb -p 9991 safety_check")
+    try:
+        host.check_output(f"runuser -u postgres -- pg_restore -p 9991 -d safety_check {BACKUP_DIR}/safety/{dumps[0]}")
+        assert sql(host, "safety_check", "SELECT count(*) FROM stock") == "2900"
+    finally:
+        host.check_output("runuser -u postgres -- dropdb -p 9991 safety_check")
+    assert sql(host, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'inventory\\_\\_%'") == "0"
+
+
+def test_retention_kept_exactly_the_expected_sets(host):
+    last = status(host)["last_good"]
+    # Hand-computed for daily 3, weekly 3, monthly 3 over the first real set,
+    # the fabricated sets (see side_effect.yml) and the second real set:
+    # daily -> second run, 20250310, 20250309T02; weekly adds nothing new (its
+    # weeks' newest are those); monthly adds 20250215. The first run's set (same
+    # day as the second) and every other fabricated set are pruned.
+    assert sets(host) == FABRICATED_KEPT | {last["set"]}
+    assert len(last["pruned"]) == 6
+    assert {"20250309T010000Z", "20250308T020000Z", "20250302T020000Z", "20250110T020000Z",
+            "20241201T020000Z"} <= set(last["pruned"])
+
+
+def test_offsite_copy_over_ssh(host):
+    good = status(host)["last_good"]
+    assert good["offsite"] == ["rsync"]
+    remote = f"/srv/offsite/backups/{good['set']}"
+    assert host.file(remote).user == "offsite"
+    for name in ("app.dump", "inventory.dump", "globals.sql"):
+        host.check_output(f"cd {remote} && sha256sum -c {name}.sha256")
+    assert host.file(f"{remote}/manifest.json").exists
+
+
+def test_offsite_failure_fails_the_run_and_skips_retention(host):
+    before = sets(host)
+    host.check_output("rm -f /var/lib/backups/onfailure-*.marker")
+    host.check_output("chmod 0500 /srv/offsite/backups")
+    try:
+        result = host.run("systemctl start backups.service")
+    finally:
+        host.check_output("chmod 0700 /srv/offsite/backups")
+    assert result.rc != 0
+    last = status(host)["last_run"]
+    assert last["result"] == "failed" and "off-site rsync failed" in last["error"]
+    assert marker_appears(host, "/var/lib/backups/onfailure-backups.service.marker")
+    # The new set is complete locally (dumped and verified) but nothing was pruned.
+    assert before < sets(host) and len(sets(host)) == len(before) + 1
+    assert "error=off-site rsync failed" in host.check_output("journalctl -u backups.service --no-pager -o cat")
+    host.check_output("systemctl reset-failed backups.service")
+
+
+def _molecule_inventory():
+    path = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not path or not os.path.exists(path):
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run through molecule verify")
+    return path
+
+
+def test_restore_into_live_database_without_confirmation_refuses(host):
+    name = host.backend.host
+    before = counts(host, "app")
+    oid_before = sql(host, "postgres", "SELECT oid FROM pg_database WHERE datname = 'app'")
+    safety_before = host.check_output(f"ls -1 {BACKUP_DIR}/safety")
+    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "restore.yml")
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", _molecule_inventory(), "-l", name, playbook,
+         "-e", "backups_target=all", "-e", "backups_restore_database=app"],
+        capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode != 0, proc.stdout
+    output = proc.stdout + proc.stderr
+    assert "Refusing to restore over the live database app" in output
+    assert "Nothing was changed" in output
+    # Nothing changed: same database (same oid), same counts, no safety backup, no staging database.
+    assert sql(host, "postgres", "SELECT oid FROM pg_database WHERE datname = 'app'") == oid_before
+    assert counts(host, "app") == before
+    assert host.check_output(f"ls -1 {BACKUP_DIR}/safety") == safety_before
+    assert sql(host, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE '%restore'") == "0"
+
+
+def test_corrupted_dump_fails_the_verify_unit_and_alerts(host):
+    newest = max(sets(host))  # what the verify unit checks
+    dump = f"{BACKUP_DIR}/{newest}/app.dump"
+    host.check_output("rm -f /var/lib/backups/onfailure-*.marker")
+    size = host.file(dump).size
+    # Overwrite 4 KiB in the middle of the archive.
+    host.check_output(f"dd if=/dev/urandom of={dump} bs=1 count=4096 seek={size // 2} conv=notrunc status=none")
+    result = host.run("systemctl start backups-verify.service")
+    assert result.rc != 0
+    assert host.check_output("systemctl is-failed backups-verify.service || true") == "failed"
+    verify = status(host)["last_verify"]
+    assert verify["result"] == "failed" and "checksum mismatch" in verify["error"]
+    assert marker_appears(host, MARKER), "the OnFailure command did not run"
+    assert "alert unit=backups-verify.service" in host.check_output("journalctl -u 'backups-alert@*' --no-pager -o cat")
+
+
+def test_corrupted_dump_with_matching_checksum_fails_the_test_restore(host):
+    # Corruption that happened before the checksum was taken: only the restore can catch it.
+    newest = max(sets(host))
+    set_dir = f"{BACKUP_DIR}/{newest}"
+    host.check_output(f"cd {set_dir} && sha256sum app.dump > app.dump.sha256")
+    host.check_output("rm -f /var/lib/backups/onfailure-*.marker && systemctl reset-failed backups-verify.service")
+    assert host.run("systemctl start backups-verify.service").rc != 0
+    verify = status(host)["last_verify"]
+    assert verify["result"] == "failed"
+    assert "pg_restore" in verify["error"] or "row counts differ" in verify["error"]
+    assert marker_appears(host, MARKER), "the OnFailure command did not run"
+    assert sql(host, "postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE '%verify%'") == "0"

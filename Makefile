@@ -13,7 +13,7 @@ export STACK_CACHE_DIR ?= /var/cache/ansible-stack
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 SCENARIO    ?= default
 
-.PHONY: help venv engine images lint unit molecule test sandbox sandbox-destroy bench-stack clean
+.PHONY: help venv engine images lint unit molecule test sandbox sandbox-destroy bench-stack bench-backup clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ sandbox-destroy: $(VENV_STAMP) ## Remove the sandbox containers
 bench-stack: $(VENV_STAMP) ## Benchmark: cold converge, no-op re-run, redeploy under load
 	@scripts/harness.sh images
 	@benchmarks/stack_bench.sh
+
+bench-backup: $(VENV_STAMP) ## Benchmark: role backup vs bare pg_dump on pgbench -s 50
+	@scripts/harness.sh images
+	@molecule converge -s backups >/dev/null
+	@benchmarks/backup_bench.sh
 
 clean: ## Remove the venv and local caches
 	rm -rf $(VENV) .cache

@@ -32,6 +32,22 @@ PROXY = "http://127.0.0.1:8080"
 PORTS = (8001, 8002)
 
 
+FIGURES: list[str] = []
+
+
+def report(line: str) -> None:
+    """Print a figure and repeat it in the run's summary (shown without -s)."""
+    print(line)
+    FIGURES.append(line)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("app_service figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 def _hosts() -> list[str]:
     out = subprocess.run([_bin("ansible-inventory"), "-i", INVENTORY, "--list"],
                          check=True, capture_output=True, text=True, env=_env()).stdout
@@ -61,7 +77,8 @@ def playbook(path: Path, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=_env(), cwd=str(SCENARIO_DIR), timeout=900)
     took = time.monotonic() - start
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-    print(f"\n--- ansible-playbook {path.name} {' '.join(extra)}: rc={proc.returncode} in {took:.0f}s\n{tail}")
+    print(f"\n--- ansible-playbook {path.name} {' '.join(extra)}: rc={proc.returncode}\n{tail}")
+    report(f"ansible-playbook {path.name} {' '.join(extra)}: rc={proc.returncode} in {took:.0f}s")
     return proc
 
 

@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import APP, PORTS, PROXY, ROOT, current_release, get
+from conftest import APP, PORTS, PROXY, ROOT, current_release, get, report
 
 
 def test_health_db_reports_revision_through_proxy(host):
@@ -53,7 +53,7 @@ def test_instances_listen_on_loopback_only(host):
 
 def test_one_release_after_converge_and_idempotence(host):
     releases = host.check_output(f"ls {ROOT}/releases").split()
-    print(f"releases after converge + idempotence: {releases}")
+    report(f"{host.backend.host}: releases after converge + idempotence: {releases}")
     assert releases == [current_release(host)]
     log = host.check_output(f"cat /var/log/{APP}-deploy.log")
     assert len([l for l in log.splitlines() if "action=deploy" in l and "result=ok" in l]) == 1
@@ -63,7 +63,7 @@ def test_one_release_after_converge_and_idempotence(host):
 def test_security_exposure_is_low(host):
     out = host.check_output(f"systemd-analyze security --no-pager {APP}@{PORTS[0]}.service {APP}@{PORTS[1]}.service")
     scores = [float(s) for s in re.findall(r"Overall exposure level for \S+: (\d+\.\d+)", out)]
-    print(f"systemd-analyze security exposure for {APP}@.service: {scores}")
+    report(f"{host.backend.host}: systemd-analyze security exposure for {APP}@{PORTS[0]}, {APP}@{PORTS[1]}: {scores}")
     assert len(scores) == 2 and max(scores) <= 2.0
 
 

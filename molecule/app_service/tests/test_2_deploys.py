@@ -6,7 +6,9 @@ container, then checks every host. Runs after test_1_converged.py (these
 tests take no `host` argument, so pytest keeps them in file order).
 """
 
-from conftest import APP, PORTS, PROXY, all_hosts, current_release, get
+import re
+
+from conftest import APP, PORTS, PROXY, SCENARIO_DIR, all_hosts, current_release, get, playbook, report
 
 
 def _serving(host) -> list[int]:
@@ -15,7 +17,14 @@ def _serving(host) -> list[int]:
 
 def _report(what: str, loops: dict) -> None:
     for name, loop in sorted(loops.items()):
-        print(f"{what} on {name}: requests={loop['requests']} failures={loop['failures']} releases={loop['releases']}")
+        report(f"{what} on {name}: requests={loop['requests']} failures={loop['failures']} releases={loop['releases']}")
+
+
+def test_check_mode_on_converged_hosts_changes_nothing():
+    proc = playbook(SCENARIO_DIR / "converge.yml", "--check", "--diff")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0", proc.stdout, re.M)
+    assert len(recap) == len(all_hosts()) and all(changed == "0" for _, changed in recap), recap
 
 
 def test_second_deploy_switches_without_losing_requests(deploy_v2, first_release):

@@ -7,6 +7,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# Plain output in logs and CI; colours only on a terminal.
+[ -t 1 ] && [ -z "${CI:-}" ] || export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
+
 declare -a names=() results=() durations=()
 failed=0
 
@@ -79,17 +82,24 @@ molecule_steps() {
   done
 }
 
-what="${1:-all}"; shift || true
-case "$what" in
-  lint) lint_steps ;;
-  unit) run_step unit do_unit ;;
-  molecule) molecule_steps "$@" ;;
-  all)
-    lint_steps
-    run_step unit do_unit
-    molecule_steps
-    ;;
-  *) echo "usage: $0 lint|unit|molecule [SCENARIO...]|all" >&2; exit 2 ;;
-esac
-summary
-[ "$failed" -eq 0 ]
+# Everything runs from main so that editing this file during a run is safe
+# (bash has parsed the whole function before it starts).
+main() {
+  what="${1:-all}"; shift || true
+  case "$what" in
+    lint) lint_steps ;;
+    unit) run_step unit do_unit ;;
+    molecule) molecule_steps "$@" ;;
+    all)
+      lint_steps
+      run_step unit do_unit
+      molecule_steps
+      ;;
+    *) echo "usage: $0 lint|unit|molecule [SCENARIO...]|all" >&2; exit 2 ;;
+  esac
+  summary
+  [ "$failed" -eq 0 ]
+}
+
+main "$@"
+exit $?

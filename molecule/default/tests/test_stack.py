@@ -1,0 +1,68 @@
+"""The whole stack on one host, proven through Caddy over HTTPS."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+
+from stacktest import RequestLoop, get, new_release_source, recap, run_playbook  # noqa: E402
+
+
+def test_health_through_caddy(host):
+    status, body = get(host, "/health")
+    assert status == 200, body
+    assert body.get("release")
+    status, body = get(host, "/health/db")
+    assert status == 200, body
+    assert body["status"] == "ok", body
+    assert body["revision"], body
+    # The running app uses the DML-only role, never the owner.
+    assert body["db_user"] == "demo_app", body
+
+
+def test_plain_http_redirects_to_https(host):
+    out = host.check_output("curl -sS -o /dev/null -w '%%{http_code} %%{redirect_url}' http://localhost:8080/health")
+    code, location = out.split(" ", 1)
+    assert code in ("301", "308"), out
+    assert location.startswith("https://localhost:8443/"), out
+
+
+def test_database_port_is_local_only(host):
+    listeners = host.check_output("ss -H -ltn").split()
+    assert "127.0.0.1:9991" in listeners
+    assert "0.0.0.0:9991" not in listeners and "*:9991" not in listeners
+
+
+def test_check_mode_reports_no_changes(host):
+    rc, out = run_playbook("playbooks/site.yml", "--check", "--diff")
+    counts = recap(out)
+    assert rc == 0, out[-4000:]
+    assert counts and all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
+
+
+def test_backup_playbook_produces_a_verified_backup(host):
+    rc, out = run_playbook("playbooks/backup.yml")
+    assert rc == 0, out[-4000:]
+    assert "verified" in out
+
+
+def test_redeploy_while_serving_loses_no_request(host, tmp_path):
+    source = new_release_source(tmp_path, "redeploy-v2")
+    _, before = get(host, "/health")
+    with RequestLoop(host, "redeploy") as loop:
+        rc, out = run_playbook("playbooks/redeploy.yml", "-e", f"stack_app_source_path={source}")
+    assert rc == 0, out[-4000:]
+    _, after = get(host, "/health")
+    assert after["release"] != before["release"], (before, after)
+    assert loop.result["requests"] > 50
+    assert loop.result["failures"] == 0, loop.result
+
+
+def test_restart_app_tag_loses_no_request(host):
+    pids_before = host.check_output("systemctl show -p MainPID --value 'demo@*'")
+    with RequestLoop(host, "restart") as loop:
+        rc, out = run_playbook("playbooks/site.yml", "--tags", "restart_app")
+    assert rc == 0, out[-4000:]
+    assert host.check_output("systemctl show -p MainPID --value 'demo@*'") != pids_before
+    assert loop.result["requests"] > 50
+    assert loop.result["failures"] == 0, loop.result

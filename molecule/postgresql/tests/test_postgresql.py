@@ -1,0 +1,173 @@
+"""Prove the postgresql role from outside: connect, query, get refused."""
+
+import json
+import re
+
+import yaml
+import os
+
+PORT = 9991
+VARS = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "vars.yml")))
+PASSWORDS = {u["name"]: u["password"] for u in VARS["postgresql_users"]}
+CONF = {"12": "/etc/postgresql/15/main", "13": "/etc/postgresql/17/main"}
+
+
+def conf_dir(host):
+    return CONF[host.system_info.release.split(".")[0]]
+
+
+def psql(host, user, sql, db="app"):
+    """Run SQL over TCP with a password (SCRAM); return the command result."""
+    url = f"postgresql://{user}@127.0.0.1:{PORT}/{db}"
+    return host.run(
+        "PGPASSWORD=%s psql %s -X -v ON_ERROR_STOP=1 -tAc %s",
+        PASSWORDS[user], url, sql,
+    )
+
+
+def superuser(host, sql, db="app"):
+    cmd = host.run("sudo -u postgres psql -p %s -X -tAc %s %s", str(PORT), sql, db)
+    assert cmd.rc == 0, cmd.stderr
+    return cmd.stdout.strip()
+
+
+def sha256(host, path):
+    return host.check_output("sha256sum %s", path).split()[0]
+
+
+def test_listens_on_custom_port_and_configured_addresses_only(host):
+    listeners = host.check_output("ss -H -ltn").splitlines()
+    pg = [line.split()[3] for line in listeners if line.split()[3].endswith(f":{PORT}")]
+    print(f"listeners on {PORT}: {pg}")
+    assert pg, f"nothing listens on {PORT}"
+    assert set(pg) <= {f"127.0.0.1:{PORT}", f"[::1]:{PORT}"}
+    assert not [line for line in listeners if line.split()[3].endswith(":5432")]
+    assert host.socket(f"unix:///var/run/postgresql/.s.PGSQL.{PORT}").is_listening
+
+
+def test_scram_is_used(host):
+    assert superuser(host, "SHOW password_encryption") == "scram-sha-256"
+    verifier = superuser(host, "SELECT rolpassword FROM pg_authid WHERE rolname = 'app_rw'", db="postgres")
+    assert verifier.startswith("SCRAM-SHA-256$")
+
+
+def test_wrong_password_is_refused(host):
+    cmd = host.run("PGPASSWORD=wrong psql postgresql://app_rw@127.0.0.1:%s/app -tAc 'SELECT 1'", str(PORT))
+    assert cmd.rc != 0
+    assert "password authentication failed" in cmd.stderr
+
+
+def test_app_role_reads_and_writes_tables_the_owner_creates_later(host):
+    # Created by the owner after the role applied its grants: only default
+    # privileges can give app_rw access to it.
+    table = "probe_" + host.backend.host.replace("-", "_")
+    assert psql(host, "app_owner", f"DROP TABLE IF EXISTS {table}; "
+                f"CREATE TABLE {table} (id bigserial PRIMARY KEY, v text)").rc == 0
+    write = psql(host, "app_rw", f"INSERT INTO {table} (v) VALUES ('a'), ('b'); "
+                 f"UPDATE {table} SET v = 'c' WHERE v = 'b'; DELETE FROM {table} WHERE v = 'a'; "
+                 f"SELECT count(*) FROM {table}")
+    assert write.rc == 0, write.stderr
+    assert write.stdout.strip().splitlines()[-1] == "1"
+    create = psql(host, "app_rw", "CREATE TABLE nope (id int)")
+    assert create.rc != 0 and "permission denied for schema public" in create.stderr
+    drop = psql(host, "app_rw", f"DROP TABLE {table}")
+    assert drop.rc != 0 and "must be owner" in drop.stderr
+    ro = psql(host, "app_ro", f"SELECT count(*) FROM {table}")
+    assert ro.rc == 0 and ro.stdout.strip() == "1", ro.stderr
+    ro_write = psql(host, "app_ro", f"INSERT INTO {table} (v) VALUES ('x')")
+    assert ro_write.rc != 0 and "permission denied" in ro_write.stderr
+    ro_create = psql(host, "app_ro", "CREATE TABLE nope (id int)")
+    assert ro_create.rc != 0
+    assert psql(host, "app_owner", f"DROP TABLE {table}").rc == 0
+
+
+def test_public_has_no_connect_and_no_create(host):
+    acl = superuser(host, "SELECT datacl::text FROM pg_database WHERE datname = 'app'", db="postgres")
+    # No '=...' entry: PUBLIC has neither CONNECT nor TEMP.
+    assert not re.search(r"[{,]=", acl), acl
+    assert superuser(host, "SELECT has_schema_privilege('public', 'public', 'CREATE')") == "f"
+
+
+def test_pg_hba_refuses_pairs_it_does_not_allow(host):
+    cross = psql(host, "other_user", "SELECT 1", db="app")
+    assert cross.rc != 0 and "no pg_hba.conf entry" in cross.stderr
+    cross = psql(host, "app_rw", "SELECT 1", db="other")
+    assert cross.rc != 0 and "no pg_hba.conf entry" in cross.stderr
+    assert psql(host, "other_user", "SELECT 1", db="other").rc == 0
+    first = host.file(f"{conf_dir(host)}/pg_hba.conf").content_string
+    rules = [line for line in first.splitlines() if line and not line.startswith("#")]
+    assert rules[0].split() == ["local", "all", "postgres", "peer"]
+    assert superuser(host, "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == "0"
+
+
+def test_extensions_and_pg_stat_statements_loaded(host):
+    exts = superuser(host, "SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension").split(",")
+    assert {"uuid-ossp", "pg_trgm", "pg_stat_statements"} <= set(exts)
+    assert "pg_stat_statements" in superuser(host, "SHOW shared_preload_libraries")
+    assert int(superuser(host, "SELECT count(*) FROM pg_stat_statements")) > 0
+    assert len(superuser(host, "SELECT uuid_generate_v4()")) == 36
+
+
+def test_memory_sized_by_the_filter(host):
+    # postgresql_memory_mb: 1024 -> 25% / 75%
+    assert superuser(host, "SHOW shared_buffers") == "256MB"
+    assert superuser(host, "SHOW effective_cache_size") == "768MB"
+    assert superuser(host, "SHOW log_lock_waits") == "on"
+
+
+def test_check_mode_reports_no_changes_and_hides_passwords(host, playbook):
+    rc, out = playbook("--check", "--diff", "-v")
+    recap = re.search(r"changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out)
+    assert rc == 0, out[-3000:]
+    assert recap and recap.group(1) == "0" and recap.group(3) == "0", out[-3000:]
+    for name, password in PASSWORDS.items():
+        assert password not in out, f"password of {name} appears in the output"
+
+
+def test_bad_hba_entry_fails_before_anything_changes(host, playbook):
+    hba = f"{conf_dir(host)}/pg_hba.conf"
+    before = sha256(host, hba), sha256(host, f"{conf_dir(host)}/postgresql.conf")
+    bad = VARS["postgresql_hba_entries"] + [
+        {"type": "host", "database": "app", "user": "app_rw", "address": "10.0.0.300/8", "method": "scram-sha-256"}]
+    rc, out = playbook("-e", json.dumps({"postgresql_hba_entries": bad}))
+    assert rc != 0
+    assert "postgresql_hba_entries[3]" in out and "10.0.0.300/8" in out
+    assert "changed=0" in out
+    assert (sha256(host, hba), sha256(host, f"{conf_dir(host)}/postgresql.conf")) == before
+    assert psql(host, "app_rw", "SELECT 1").rc == 0
+
+
+def test_trust_on_network_line_is_refused(host, playbook):
+    bad = VARS["postgresql_hba_entries"] + [
+        {"type": "host", "database": "all", "user": "all", "address": "0.0.0.0/0", "method": "trust"}]
+    rc, out = playbook("-e", json.dumps({"postgresql_hba_entries": bad}))
+    assert rc != 0 and "method 'trust' on a network line is refused" in out
+    assert "changed=0" in out
+
+
+def test_hba_line_postgresql_rejects_is_rolled_back(host, playbook):
+    hba = f"{conf_dir(host)}/pg_hba.conf"
+    before = sha256(host, hba)
+    # Passes the filter (syntax), but PostgreSQL knows no such option.
+    bad = VARS["postgresql_hba_entries"] + [
+        {"type": "host", "database": "app", "user": "app_rw", "address": "127.0.0.2/32",
+         "method": "scram-sha-256", "options": {"no_such_option": "1"}}]
+    rc, out = playbook("--tags", "postgresql_config", "-e", json.dumps({"postgresql_hba_entries": bad}))
+    assert rc != 0 and "PostgreSQL rejected the rendered pg_hba.conf" in out, out[-3000:]
+    assert sha256(host, hba) == before
+    assert host.run("ls %s | grep -c '~$'", conf_dir(host)).stdout.strip() == "0"
+    assert psql(host, "app_rw", "SELECT 1").rc == 0
+
+
+def test_bad_config_value_never_goes_live(host, playbook):
+    conf = f"{conf_dir(host)}/postgresql.conf"
+    before = sha256(host, conf)
+    rc, out = playbook("--tags", "postgresql_config", "-e", json.dumps({"postgresql_config": {"shared_buffers": "lots"}}))
+    assert rc != 0
+    assert 'PostgreSQL rejects the rendered postgresql.conf' in out, out[-3000:]
+    assert 'invalid value for parameter "shared_buffers": "lots"' in out, out[-3000:]
+    assert sha256(host, conf) == before
+    assert psql(host, "app_rw", "SELECT 1").rc == 0
+    # Put the candidate back in step with the live file for later runs.
+    rc, out = playbook("--tags", "postgresql_config")
+    assert rc == 0 and "changed=1" in out, out[-3000:]

@@ -1,0 +1,92 @@
+"""Helpers for the whole-stack scenarios (default, fleet): run playbooks
+against the Molecule inventory, request Caddy over HTTPS, count requests
+during a deploy or restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CADDY_CA = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+HTTPS = "https://localhost:8443"
+
+
+def run_playbook(playbook: str, *args: str) -> tuple[int, str]:
+    """ansible-playbook against the scenario's inventory; returns (rc, output)."""
+    path = playbook if os.path.isabs(playbook) else str(REPO / playbook)
+    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path, *args]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, check=False)
+    print(f"{' '.join(cmd[3:])}: rc={proc.returncode} in {time.monotonic() - started:.0f}s")
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """Per-host PLAY RECAP counters of an ansible-playbook run (summed over plays)."""
+    totals: dict[str, dict[str, int]] = {}
+    for host, fields in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
+        counters = totals.setdefault(host, {})
+        for key, value in re.findall(r"(\w+)=(\d+)", fields):
+            counters[key] = counters.get(key, 0) + int(value)
+    return totals
+
+
+def get(host, path: str) -> tuple[int, dict]:
+    """GET a path through Caddy over HTTPS from inside `host`, verifying the
+    certificate against Caddy's internal CA; returns (status, JSON body)."""
+    cmd = host.run(
+        "curl -sS --max-time 15 --cacert %s -o /tmp/stacktest.body -w '%%{http_code}' %s",
+        CADDY_CA, HTTPS + path)
+    assert cmd.rc == 0, cmd.stderr
+    body = host.run("cat /tmp/stacktest.body").stdout
+    try:
+        return int(cmd.stdout), json.loads(body)
+    except ValueError:
+        return int(cmd.stdout), {"raw": body}
+
+
+def new_release_source(tmp_path: Path, marker: str) -> Path:
+    """A copy of the demo app that differs from the deployed one (a new release)."""
+    target = tmp_path / f"demo_app-{marker}"
+    shutil.copytree(REPO / "examples" / "demo_app", target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".venv"))
+    (target / "RELEASE_NOTE").write_text(f"{marker}\n")
+    return target
+
+
+class RequestLoop:
+    """A bounded request loop through Caddy in `host` (a transient systemd
+    unit running molecule/shared/files/reqloop.py), started and stopped around
+    the block."""
+
+    def __init__(self, host, tag: str, path: str = "/health") -> None:
+        self.host, self.tag, self.path = host, tag, path
+        self.result: dict = {}
+
+    def __enter__(self) -> "RequestLoop":
+        self.host.run("rm -f /tmp/loop-%s.json /tmp/loop-%s.stop", self.tag, self.tag)
+        self.host.check_output(
+            "systemd-run --unit=reqloop-%s --collect /usr/bin/python3 /usr/local/bin/reqloop "
+            "--url %s --cafile %s --out /tmp/loop-%s.json --stop /tmp/loop-%s.stop --max-seconds 600",
+            self.tag, HTTPS + self.path, CADDY_CA, self.tag, self.tag)
+        time.sleep(2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(3)  # keep requesting for a moment after the change
+        self.host.check_output("touch /tmp/loop-%s.stop", self.tag)
+        for _ in range(60):
+            if self.host.file(f"/tmp/loop-{self.tag}.json").exists:
+                break
+            time.sleep(1)
+        self.result = json.loads(self.host.check_output("cat /tmp/loop-%s.json", self.tag))
+        print(f"request loop [{self.tag}] through Caddy: requests={self.result['requests']} "
+              f"failures={self.result['failures']} releases={self.result['releases']} "
+              f"errors={self.result['errors']}")

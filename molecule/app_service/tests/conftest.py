@@ -172,7 +172,7 @@ def first_release():
 def deploy_v2(workdir, first_release):
     src = make_source(workdir, "v2")
     with Loops("v2") as loops:
-        proc = playbook(SCENARIO_DIR / "converge.yml", "-e", f"app_service_source_path={src}")
+        proc = playbook(SCENARIO_DIR / "converge.yml", "--tags", "app_service", "-e", f"app_service_source_path={src}")
     return proc, loops.results
 
 
@@ -180,7 +180,7 @@ def deploy_v2(workdir, first_release):
 def deploy_broken(workdir, deploy_v2):
     src = make_source(workdir, "broken", broken=True)
     with Loops("broken") as loops:
-        proc = playbook(SCENARIO_DIR / "converge.yml", "-e", f"app_service_source_path={src}",
+        proc = playbook(SCENARIO_DIR / "converge.yml", "--tags", "app_service", "-e", f"app_service_source_path={src}",
                         "-e", "app_service_health_timeout=8")
     return proc, loops.results
 
@@ -195,7 +195,7 @@ def restart(deploy_broken):
 @pytest.fixture(scope="session")
 def rollback(restart):
     with Loops("rollback") as loops:
-        proc = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "-e", f"@{SCENARIO_DIR / 'vars' / 'main.yml'}",
+        proc = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "-e", f"@{SCENARIO_DIR / 'vars.yml'}",
                         "-e", "app_service_rollback_hosts=all", "-e", "app_service_rollback_to=previous")
     return proc, loops.results
 

@@ -1,0 +1,1 @@
+"""Demo FastAPI app deployed by the app_service role."""

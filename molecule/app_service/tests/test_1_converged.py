@@ -1,0 +1,69 @@
+"""After converge and idempotence: the demo app as deployed once, from outside."""
+
+import re
+
+from conftest import APP, PORTS, PROXY, ROOT, current_release, get, report
+
+
+def test_health_db_reports_revision_through_proxy(host):
+    status, body = get(host, f"{PROXY}/health/db")
+    print(f"/health/db -> {status} {body}")
+    assert status == 200
+    assert body["revision"] == "0001"
+    assert body["db_user"] == "app_rw"
+    assert body["release"] == current_release(host)
+
+
+def test_app_reads_and_writes_with_dml_role(host):
+    out = host.check_output(
+        "python3 -c \"import urllib.request as u,json;"
+        "r=u.urlopen(u.Request('http://127.0.0.1:8080/notes',data=b'{\\\"body\\\":\\\"hi\\\"}',"
+        "headers={'Content-Type':'application/json'}),timeout=10);print(r.status)\"")
+    assert out.strip() == "201"
+    status, body = get(host, f"{PROXY}/notes")
+    assert status == 200 and body["notes"][0]["body"] == "hi"
+
+
+def test_migration_ran_as_owner_and_runtime_role_cannot_ddl(host):
+    owner = host.check_output(
+        "sudo -u postgres psql -p 9991 -d app -Atc \"SELECT tableowner FROM pg_tables WHERE tablename='notes'\"")
+    assert owner == "app_owner"
+    ddl = host.run("PGPASSWORD=rw-Secret-42 psql -h 127.0.0.1 -p 9991 -U app_rw -d app -c 'DROP TABLE notes'")
+    assert ddl.rc != 0 and "must be owner" in ddl.stderr
+
+
+def test_service_runs_unprivileged_and_cannot_write_code(host):
+    active = [p for p in PORTS if host.service(f"{APP}@{p}").is_running]
+    assert len(active) == 1
+    pid = host.check_output(f"systemctl show -p MainPID --value {APP}@{active[0]}")
+    user = host.check_output(f"ps -o user= -p {pid}")
+    assert user == APP
+    assert host.run(f"runuser -u {APP} -- touch {ROOT}/current/app/x").rc != 0
+    assert host.run(f"runuser -u {APP} -- touch /var/lib/{APP}/probe").rc == 0
+    env = host.file(f"/etc/{APP}/env")
+    assert env.user == "root" and env.mode == 0o600
+    assert "app_rw" in env.content_string and "app_owner" not in env.content_string
+
+
+def test_instances_listen_on_loopback_only(host):
+    listening = host.check_output("ss -Hltn")
+    ports = re.findall(r"(\S+):(800[12])\s", listening)
+    assert ports and all(addr == "127.0.0.1" for addr, _ in ports)
+
+
+def test_one_release_after_converge_and_idempotence(host):
+    releases = host.check_output(f"ls {ROOT}/releases").split()
+    report(f"{host.backend.host}: releases after converge + idempotence: {releases}")
+    assert releases == [current_release(host)]
+    log = host.check_output(f"cat /var/log/{APP}-deploy.log")
+    assert len([l for l in log.splitlines() if "action=deploy" in l and "result=ok" in l]) == 1
+    assert "revision=0001" in log
+
+
+def test_security_exposure_is_low(host):
+    out = host.check_output(f"systemd-analyze security --no-pager {APP}@{PORTS[0]}.service {APP}@{PORTS[1]}.service")
+    scores = [float(s) for s in re.findall(r"Overall exposure level for \S+: (\d+\.\d+)", out)]
+    report(f"{host.backend.host}: systemd-analyze security exposure for {APP}@{PORTS[0]}, {APP}@{PORTS[1]}: {scores}")
+    assert len(scores) == 2 and max(scores) <= 2.0
+
+

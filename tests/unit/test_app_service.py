@@ -1,0 +1,191 @@
+"""Unit tests for filter_plugins/app_service.py and the role's pack_release.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "filter_plugins"))
+
+from ansible.errors import AnsibleFilterError  # noqa: E402
+
+import app_service as flt  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("pack_release", ROOT / "roles/app_service/files/pack_release.py")
+pack = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pack)
+
+
+# ------------------------------------------------------------------ pick_slots
+
+def test_first_deploy_uses_first_port_and_has_no_active():
+    slots = flt.pick_slots([8001, 8002], {}, {}, "")
+    assert slots["active"] is None and slots["idle"] == 8001
+
+
+def test_active_is_running_instance_on_current_release():
+    slots = flt.pick_slots([8001, 8002], {8001: "aaa", 8002: "bbb"}, {8001: "inactive", 8002: "active"}, "bbb")
+    assert slots == {"active": 8002, "idle": 8001, "active_release": "bbb", "running": [8002]}
+
+
+def test_prefers_the_instance_on_current_when_both_run():
+    slots = flt.pick_slots(["8001", "8002"], {"8001": "old", "8002": "new"},
+                           {"8001": "active", "8002": "active"}, "new")
+    assert slots["active"] == 8002 and slots["idle"] == 8001
+
+
+def test_running_instance_off_current_still_counts_as_active():
+    slots = flt.pick_slots([8001, 8002], {8001: "x"}, {8001: True}, "y")
+    assert slots["active"] == 8001 and slots["idle"] == 8002
+
+
+@pytest.mark.parametrize("ports", [[8001], [8001, 8001], [8001, 8002, 8003], ["a", 1], [0, 8002], "8001,8002"])
+def test_bad_ports_are_refused_naming_the_variable(ports):
+    with pytest.raises(AnsibleFilterError, match="app_service_ports"):
+        flt.pick_slots(ports, {}, {}, "")
+
+
+# ---------------------------------------------------------------- release_plan
+
+def _rel(rid, mtime):
+    return {"path": f"/srv/app/releases/{rid}", "mtime": mtime}
+
+
+def _mark(rid, name, mtime=0):
+    return {"path": f"/srv/app/releases/{rid}/{name}", "mtime": mtime}
+
+
+def test_keeps_newest_and_never_current():
+    releases = [_rel(f"r{i}", i) for i in range(8)]
+    plan = flt.release_plan(releases, [], current="r0", keep=3)
+    assert "r0" not in plan["prune"]
+    assert sorted(plan["prune"]) == ["r1", "r2", "r3", "r4", "r5"]
+
+
+def test_failed_releases_are_pruned_first():
+    releases = [_rel("good_old", 1), _rel("good", 2), _rel("bad_new", 3), _rel("cur", 4)]
+    markers = [_mark("bad_new", ".app_service_failed"), _mark("cur", ".app_service_activated", 4),
+               _mark("good", ".app_service_activated", 2), _mark("good_old", ".app_service_activated", 1)]
+    plan = flt.release_plan(releases, markers, current="cur", keep=3)
+    assert plan["prune"] == ["bad_new"]
+    assert plan["failed"] == ["bad_new"]
+
+
+def test_previous_is_last_activated_good_release():
+    releases = [_rel("a", 1), _rel("b", 2), _rel("c", 3), _rel("broken", 9)]
+    markers = [_mark("a", ".app_service_activated", 50), _mark("b", ".app_service_activated", 20),
+               _mark("c", ".app_service_activated", 30), _mark("broken", ".app_service_failed")]
+    # "a" went live most recently (a rollback), then c, then b.
+    plan = flt.release_plan(releases, markers, current="c", keep=5)
+    assert plan["previous"] == "a"
+    assert plan["order"][:3] == ["a", "c", "b"]
+
+
+def test_no_previous_without_another_activated_release():
+    plan = flt.release_plan([_rel("only", 1), _rel("never_live", 2)],
+                            [_mark("only", ".app_service_activated", 1)], current="only")
+    assert plan["previous"] == "" and plan["prune"] == []
+
+
+@pytest.mark.parametrize("keep", [0, -1, "x", None])
+def test_bad_keep_is_refused(keep):
+    with pytest.raises(AnsibleFilterError, match="app_service_keep_releases"):
+        flt.release_plan([], [], "", keep)
+
+
+def test_release_without_path_or_id_is_refused():
+    with pytest.raises(AnsibleFilterError):
+        flt.release_plan([{"mtime": 1}], [], "")
+
+
+# -------------------------------------------------------------------- env_file
+
+def test_env_file_quotes_and_sorts():
+    body = flt.env_file({"B": 'say "hi" $HOME `x` \\', "A": 3, "C": True, "D": None})
+    assert body.splitlines() == ['A="3"', 'B="say \\"hi\\" \\$HOME \\`x\\` \\\\"', 'C="true"', 'D=""']
+
+
+def test_env_file_empty():
+    assert flt.env_file({}) == "" and flt.env_file(None) == ""
+
+
+@pytest.mark.parametrize("env", [{"1BAD": "x"}, {"A-B": "x"}, {"A": "two\nlines"}, {"A": ["list"]}, ["A=1"]])
+def test_env_file_refuses_bad_input_naming_the_variable(env):
+    with pytest.raises(AnsibleFilterError, match="app_service_environment"):
+        flt.env_file(env)
+
+
+def test_filter_module_maps_names():
+    names = flt.FilterModule().filters()
+    assert set(names) == {"app_service_pick_slots", "app_service_release_plan", "app_service_env_file"}
+
+
+# ---------------------------------------------------------------- pack_release
+
+def _tree(root: Path) -> Path:
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "main.py").write_text("print('hi')\n")
+    (root / "requirements.txt").write_text("fastapi==1\n")
+    (root / "app" / "__pycache__").mkdir()
+    (root / "app" / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"junk")
+    return root
+
+
+def test_same_content_same_id_and_identical_archive(tmp_path, capsys):
+    src = _tree(tmp_path / "src")
+    out1, out2 = tmp_path / "o1", tmp_path / "o2"
+    out1.mkdir()
+    out2.mkdir()
+    pack.main(["dir", str(src), str(out1), "--exclude", "__pycache__"])
+    first = json.loads(capsys.readouterr().out)
+    os.utime(src / "app" / "main.py", (1, 1))  # mtimes do not matter
+    pack.main(["dir", str(src), str(out2), "--exclude", "__pycache__"])
+    second = json.loads(capsys.readouterr().out)
+    assert first["id"] == second["id"] and len(first["id"]) == 12
+    assert Path(first["archive"]).read_bytes() == Path(second["archive"]).read_bytes()
+    with tarfile.open(first["archive"]) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert set(members) == {"app/main.py", "requirements.txt"}
+    assert all(m.uid == 0 and m.mode == 0o644 for m in members.values())
+
+
+def test_changed_content_or_exec_bit_changes_id(tmp_path):
+    src = _tree(tmp_path / "src")
+    files = pack.walk(str(src), ["__pycache__"])
+    base = pack.tree_id(files)
+    (src / "app" / "main.py").write_text("print('bye')\n")
+    changed = pack.tree_id(pack.walk(str(src), ["__pycache__"]))
+    assert changed != base
+    (src / "app" / "main.py").chmod(0o755)
+    assert pack.tree_id(pack.walk(str(src), ["__pycache__"])) != changed
+
+
+def test_excluded_paths_do_not_change_id(tmp_path):
+    src = _tree(tmp_path / "src")
+    base = pack.tree_id(pack.walk(str(src), ["__pycache__", ".venv"]))
+    (src / ".venv").mkdir()
+    (src / ".venv" / "x").write_text("x")
+    assert pack.tree_id(pack.walk(str(src), ["__pycache__", ".venv"])) == base
+
+
+def test_archive_id_is_content_hash(tmp_path, capsys):
+    archive = tmp_path / "r.tar.gz"
+    archive.write_bytes(b"abc")
+    pack.main(["archive", str(archive)])
+    result = json.loads(capsys.readouterr().out)
+    assert result["id"] == "ba7816bf8f01"  # sha256("abc")[:12]
+
+
+def test_missing_source_fails_naming_the_variable(tmp_path):
+    with pytest.raises(SystemExit, match="app_service_source_path"):
+        pack.walk(str(tmp_path / "nope"), [])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="app_service_source_path"):
+        pack.walk(str(tmp_path / "empty"), [])

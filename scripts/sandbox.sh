@@ -28,7 +28,14 @@ container_state() {
   echo "${state:-missing}"
 }
 
+prepare_cache() {
+  mkdir -p "$CACHE/apt/debian12/archives" "$CACHE/apt/debian12/lists" "$CACHE/pip"
+  # An empty lists directory must not look freshly updated to apt's cache_valid_time.
+  compgen -G "$CACHE/apt/debian12/lists/*Packages" >/dev/null || touch -d 2000-01-01 "$CACHE/apt/debian12/lists"
+}
+
 start_container() {
+  prepare_cache
   case "$(container_state)" in
     running) return 0 ;;
     missing)
@@ -83,14 +90,12 @@ TXT
 
 case "${1:-up}" in
   up)
-    mkdir -p "$CACHE/apt/debian12/archives" "$CACHE/apt/debian12/lists" "$CACHE/pip"
     start_container
     log "deploying with playbooks/site.yml"
     ansible-playbook -i "$INVENTORY" playbooks/site.yml ${STACK_SANDBOX_ARGS:-}
     status
     ;;
   start)
-    mkdir -p "$CACHE/apt/debian12/archives" "$CACHE/apt/debian12/lists" "$CACHE/pip"
     start_container
     ;;
   status) status ;;

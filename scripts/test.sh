@@ -44,32 +44,39 @@ scenarios() {
   done
 }
 
-# Containers left by an interrupted run (Docker's storage can outlive the
-# machine's processes) would be reused by `molecule create`: remove them.
-remove_stale_containers() { # remove_stale_containers SCENARIO
-  local names
-  names="$(python - "$1" <<'PY'
-import sys, yaml
+# Before `molecule create`: remove containers left by an interrupted run
+# (Docker's storage can outlive the machine's processes; create would reuse
+# them), and create the shared cache directories the platforms mount. An
+# apt lists directory that Docker creates on the fly looks freshly updated to
+# apt's cache_valid_time, so an empty one gets an old timestamp.
+prepare_scenario() { # prepare_scenario SCENARIO
+  python - "$1" <<'PY'
+import os, subprocess, sys, yaml
 scenario = sys.argv[1]
+cache = os.environ.get("STACK_CACHE_DIR", "/var/cache/ansible-stack")
 own = yaml.safe_load(open(f"molecule/{scenario}/molecule.yml")) or {}
 base = yaml.safe_load(open(".config/molecule/config.yml"))
-for p in own.get("platforms") or base["platforms"]:
-    print(p["name"].replace("${MOLECULE_SCENARIO_NAME}", scenario))
+def expand(text):
+    return (text.replace("${MOLECULE_SCENARIO_NAME}", scenario)
+                .replace("${STACK_CACHE_DIR:-/var/cache/ansible-stack}", cache))
+for platform in own.get("platforms") or base["platforms"]:
+    name = expand(platform["name"])
+    if subprocess.run(["docker", "inspect", name], capture_output=True).returncode == 0:
+        print(f"removing stale container {name}")
+        subprocess.run(["docker", "rm", "-f", name], check=True, capture_output=True)
+    for volume in platform.get("volumes", []):
+        source = expand(volume).split(":")[0]
+        if source.startswith(cache):
+            os.makedirs(source, exist_ok=True)
+            if source.endswith("/lists") and not [f for f in os.listdir(source) if f.endswith("Packages")]:
+                os.utime(source, (946684800, 946684800))
 PY
-)"
-  local name
-  for name in $names; do
-    if docker inspect "$name" >/dev/null 2>&1; then
-      echo "removing stale container $name"
-      docker rm -f "$name" >/dev/null
-    fi
-  done
 }
 
 do_molecule() { # do_molecule SCENARIO
   local scenario="$1" rc
   mkdir -p reports "${STACK_CACHE_DIR:-/var/cache/ansible-stack}"
-  remove_stale_containers "$scenario"
+  prepare_scenario "$scenario"
   molecule test -s "$scenario" 2>&1 | tee "reports/molecule-${scenario}.log"
   rc=${PIPESTATUS[0]}
   return "$rc"

@@ -133,25 +133,25 @@ def test_check_mode_on_converged_host_changes_nothing(host, check_mode_run):
     assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1]
 
 
-def _bad_rule_fails_before_changes(host, playbook, rules, expected):
+# One bad input per host keeps the scenario fast; the filter's unit tests
+# cover every message. Debian 12 gets the port, Debian 13 the CIDR.
+BAD_RULES = {
+    "debian12": ([{"port": 9991, "from": ["10.0.0.0/8"]}, {"port": 70000}],
+                 "base_firewall_rules[1]: 'port' 70000 is outside 1-65535"),
+    "debian13": ([{"port": 9991, "from": ["10.0.0.300/8"]}],
+                 "base_firewall_rules[0].from[0]: '10.0.0.300/8' is not a valid IP address or CIDR network"),
+}
+
+
+def test_bad_rule_fails_before_anything_changes(host, playbook):
+    rules, expected = BAD_RULES[host.backend.host.rsplit("-", 1)[1]]
     before = firewall_state(host)
     rc, out = playbook("-e", json.dumps({"base_firewall_rules": rules}))
+    print(f"bad rules {rules}: rc={rc}")
     assert rc != 0
     assert expected in out, out[-3000:]
     assert "changed=0" in out
     assert firewall_state(host) == before
-
-
-def test_port_out_of_range_fails_before_changes(host, playbook):
-    _bad_rule_fails_before_changes(
-        host, playbook, [{"port": 9991, "from": ["10.0.0.0/8"]}, {"port": 70000}],
-        "base_firewall_rules[1]: 'port' 70000 is outside 1-65535")
-
-
-def test_bad_cidr_fails_before_changes(host, playbook):
-    _bad_rule_fails_before_changes(
-        host, playbook, [{"port": 9991, "from": ["10.0.0.300/8"]}],
-        "base_firewall_rules[0].from[0]: '10.0.0.300/8' is not a valid IP address or CIDR network")
 
 
 def test_unmanaged_rule_is_removed(host, playbook):

@@ -4,6 +4,7 @@ import os
 import subprocess
 
 import pytest
+import testinfra
 
 SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,3 +25,10 @@ def playbook(host):
         return proc.returncode, proc.stdout + proc.stderr
 
     return run
+
+
+@pytest.fixture
+def node(host):
+    """The same container through `docker exec`: much faster than the
+    ansible backend for the many small commands the tests run."""
+    return testinfra.get_host(f"docker://{host.backend.host}")

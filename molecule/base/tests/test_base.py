@@ -20,7 +20,7 @@ def peer_of(host):
     """The scenario's other container, as a testinfra host."""
     name = host.backend.host
     peer = name.replace("debian12", "debian13") if name.endswith("debian12") else name.replace("debian13", "debian12")
-    return testinfra.get_host(f"ansible://{peer}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+    return testinfra.get_host(f"docker://{peer}")
 
 
 def address(host):
@@ -31,8 +31,8 @@ def firewall_state(host):
     return host.check_output("ufw status verbose") + "\n" + host.check_output("iptables -S")
 
 
-def test_ufw_default_deny_and_rules(host):
-    status = host.check_output("ufw status verbose")
+def test_ufw_default_deny_and_rules(host, node):
+    status = node.check_output("ufw status verbose")
     print(status)
     assert "Status: active" in status
     assert "Default: deny (incoming), allow (outgoing)" in status
@@ -49,8 +49,8 @@ def test_ufw_default_deny_and_rules(host):
     assert not [r for r in rules if r[0].startswith("9993")]
 
 
-def test_iptables_drop_by_default_and_source_restricted_accept(host):
-    rules = host.check_output("iptables -S")
+def test_iptables_drop_by_default_and_source_restricted_accept(host, node):
+    rules = node.check_output("iptables -S")
     assert "-P INPUT DROP" in rules
     peer_ip = address(peer_of(host))
     assert f"-A ufw-user-input -s {peer_ip}/32 -p tcp -m tcp --dport 9991 -j ACCEPT" in rules
@@ -60,7 +60,7 @@ def test_iptables_drop_by_default_and_source_restricted_accept(host):
         line for line in rules.splitlines() if " -s " not in line)
 
 
-def test_ports_from_the_peer(host):
+def test_ports_from_the_peer(host, node):
     """Listeners on every port; the other container connects to each.
 
     Expected: 22, 80, 443 and 9991 (the peer is an allowed source) connect;
@@ -69,16 +69,16 @@ def test_ports_from_the_peer(host):
     ports = " ".join(str(p) for p in PORTS if p != 22)
     # A throw-away listener per port (sshd is not installed in the image, so
     # 22 gets one too when free), gone after 60 s.
-    listeners = host.run(
+    listeners = node.run(
         f"for p in {ports} 22; do (ss -Hltn \"sport = :$p\" | grep -q . || "
         "setsid timeout 60 python3 -c 'import socket,sys;s=socket.socket();"
         "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind((\"0.0.0.0\",int(sys.argv[1])));"
         "s.listen(16)\nwhile True: s.accept()[0].close()' $p </dev/null >/dev/null 2>&1 &); done; sleep 1; ss -Hltn")
     assert listeners.rc == 0, listeners.stderr
-    target = address(host)
+    target = address(node)
     # Reachable from inside the host itself (loopback is always allowed).
     for port in PORTS:
-        assert host.run(f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)'"
+        assert node.run(f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)'"
                         ).rc == 0, f"nothing listens on {port}"
     client = peer_of(host)
     results = {}
@@ -89,29 +89,29 @@ def test_ports_from_the_peer(host):
     assert results == {22: "open", 80: "open", 443: "open", 9991: "open", 9992: "filtered", 9993: "filtered"}
 
 
-def test_deploy_user_key_and_sudo(host):
-    user = host.user("deploy")
+def test_deploy_user_key_and_sudo(host, node):
+    user = node.user("deploy")
     assert user.exists and user.shell == "/bin/bash"
-    assert host.check_output("passwd -S deploy").split()[1] == "L"
-    keys = host.file("/home/deploy/.ssh/authorized_keys")
+    assert node.check_output("passwd -S deploy").split()[1] == "L"
+    keys = node.file("/home/deploy/.ssh/authorized_keys")
     assert keys.user == "deploy" and keys.mode == 0o600
     assert keys.content_string.strip().splitlines() == VARS["base_deploy_authorized_keys"]
-    assert host.file("/home/deploy/.ssh").mode == 0o700
-    assert host.run("visudo -c").rc == 0
-    sudoers = host.file("/etc/sudoers.d/50-deploy")
+    assert node.file("/home/deploy/.ssh").mode == 0o700
+    assert node.run("visudo -c").rc == 0
+    sudoers = node.file("/etc/sudoers.d/50-deploy")
     assert sudoers.mode == 0o440 and sudoers.user == "root"
     # Passwordless sudo really works for the deploy user.
-    assert host.check_output("su - deploy -c 'sudo -n id -u'") == "0"
+    assert node.check_output("su - deploy -c 'sudo -n id -u'") == "0"
 
 
-def test_timezone_and_journald(host):
-    assert host.file("/etc/localtime").linked_to in ("/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/Etc/UTC")
-    assert host.file("/etc/timezone").content_string == "UTC\n"
-    assert host.check_output("date +%Z") == "UTC"
-    conf = host.check_output("systemd-analyze cat-config systemd/journald.conf")
+def test_timezone_and_journald(host, node):
+    assert node.file("/etc/localtime").linked_to in ("/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/Etc/UTC")
+    assert node.file("/etc/timezone").content_string == "UTC\n"
+    assert node.check_output("date +%Z") == "UTC"
+    conf = node.check_output("systemd-analyze cat-config systemd/journald.conf")
     assert "SystemMaxUse=64M" in conf and "Storage=persistent" in conf
-    assert host.file("/var/log/journal").is_directory
-    assert host.check_output("apt-config dump APT::Periodic::Unattended-Upgrade") == \
+    assert node.file("/var/log/journal").is_directory
+    assert node.check_output("apt-config dump APT::Periodic::Unattended-Upgrade") == \
         'APT::Periodic::Unattended-Upgrade "1";'
 
 
@@ -143,22 +143,22 @@ BAD_RULES = {
 }
 
 
-def test_bad_rule_fails_before_anything_changes(host, playbook):
+def test_bad_rule_fails_before_anything_changes(host, node, playbook):
     rules, expected = BAD_RULES[host.backend.host.rsplit("-", 1)[1]]
-    before = firewall_state(host)
+    before = firewall_state(node)
     rc, out = playbook("-e", json.dumps({"base_firewall_rules": rules}))
     print(f"bad rules {rules}: rc={rc}")
     assert rc != 0
     assert expected in out, out[-3000:]
     assert "changed=0" in out
-    assert firewall_state(host) == before
+    assert firewall_state(node) == before
 
 
-def test_unmanaged_rule_is_removed(host, playbook):
-    host.check_output("ufw allow 12345/tcp")
-    assert "12345/tcp" in host.check_output("ufw status")
+def test_unmanaged_rule_is_removed(host, node, playbook):
+    node.check_output("ufw allow 12345/tcp")
+    assert "12345/tcp" in node.check_output("ufw status")
     rc, out = playbook("--tags", "base_firewall")
     assert rc == 0, out[-3000:]
     assert "item=delete allow 12345/tcp" in out, out[-3000:]
-    assert "12345" not in host.check_output("ufw status")
-    assert "Status: active" in host.check_output("ufw status")
+    assert "12345" not in node.check_output("ufw status")
+    assert "Status: active" in node.check_output("ufw status")

@@ -1,30 +1,14 @@
 """Shared fixtures for the base scenario's testinfra tests."""
 
 import os
-import subprocess
+import sys
 
 import pytest
 import testinfra
 
-SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
-
-@pytest.fixture
-def playbook(host):
-    """Run converge.yml against this test's host only; return (rc, output)."""
-
-    def run(*args, playbook="converge.yml"):
-        cmd = [
-            "ansible-playbook",
-            "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-            "--limit", host.backend.host,
-            os.path.join(SCENARIO_DIR, playbook),
-            *args,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        return proc.returncode, proc.stdout + proc.stderr
-
-    return run
+from fixtures import playbook  # noqa: E402,F401  (a fixture, used by name)
 
 
 @pytest.fixture

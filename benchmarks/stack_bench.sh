@@ -24,8 +24,9 @@ changed_count() { # sum of changed= over the PLAY RECAP lines of a log
   awk -v h="$STACK_SANDBOX_NAME" '$1 == h && $2 == ":" { for (i = 3; i <= NF; i++) if ($i ~ /^changed=/) { sub("changed=", "", $i); n += $i } } END { print n + 0 }' "$1.log"
 }
 timed_play() { # timed_play LOG ARGS... -> seconds on stdout
-  local start=$SECONDS
-  ansible-playbook -i "$inv" "$@" >"$1.log" 2>&1 || { tail -30 "$1.log" >&2; echo "benchmark: ansible-playbook $* failed" >&2; exit 1; }
+  local log="$1" start=$SECONDS
+  shift
+  ansible-playbook -i "$inv" "$@" >"$log.log" 2>&1 || { tail -30 "$log.log" >&2; echo "benchmark: ansible-playbook $* failed" >&2; exit 1; }
   echo $((SECONDS - start))
 }
 

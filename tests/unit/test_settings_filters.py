@@ -1,0 +1,47 @@
+"""Unit tests for filter_plugins/settings.py (restart-safe configuration)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_plugins"))
+
+from settings import AnsibleFilterError, changed_settings, secret_digest  # noqa: E402
+
+
+def test_names_only_the_changed_variables():
+    old = {"postgresql_port": 9991, "postgresql_listen_addresses": "localhost", "postgresql_max_connections": 100}
+    new = {"postgresql_port": 9992, "postgresql_listen_addresses": "localhost", "postgresql_max_connections": 100}
+    assert changed_settings(old, new) == ["postgresql_port"]
+
+
+def test_nested_mappings_name_the_key_inside():
+    old = {"postgresql_config": {"work_mem": "4MB"}, "postgresql_port": 1}
+    new = {"postgresql_config": {"work_mem": "4MB", "huge_pages": "on"}, "postgresql_port": 1}
+    assert changed_settings(old, new) == ["postgresql_config.huge_pages"]
+    assert changed_settings(old, new, depth=1) == ["postgresql_config"]
+
+
+def test_added_and_removed_names_count_as_changed():
+    assert changed_settings({"a": 1, "b": 2}, {"b": 2, "c": 3}) == ["a", "c"]
+
+
+def test_no_known_good_record_reports_everything():
+    assert changed_settings(None, {"b": 1, "a": 2}) == ["a", "b"]
+    assert changed_settings("", {"a": 1}) == ["a"]
+
+
+def test_equal_values_of_different_container_types_are_unchanged():
+    assert changed_settings({"ports": (8001, 8002)}, {"ports": [8001, 8002]}) == []
+
+
+def test_bad_input_raises():
+    with pytest.raises(AnsibleFilterError, match="expects two mappings"):
+        changed_settings(["a"], {"a": 1})
+
+
+def test_secret_digest_is_stable_and_hides_the_value():
+    digest = secret_digest("hunter2")
+    assert digest == secret_digest("hunter2") and digest != secret_digest("hunter3")
+    assert "hunter2" not in digest and digest.startswith("sha256:")

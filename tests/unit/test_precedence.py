@@ -1,0 +1,249 @@
+"""Variable precedence of the stack, proven with the real playbook.
+
+Runs playbooks/site.yml against a dummy inventory of one local host (in db,
+app and web) with the real `stack` role and the real defaults, vars and
+argument specs of every role. Only the roles' task bodies are replaced: each
+role records the values its own tasks see (where its own defaults apply) to a
+JSON file. No container is needed; each run takes a few seconds.
+
+Precedence, from weakest: role defaults < stack wiring < inventory
+group_vars/all < inventory group_vars/<group> < host_vars < -e. One test per
+level proves that level wins over the one below it, for a variable of every
+role.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES = ["base", "postgresql", "app_service", "caddy", "backups"]
+BIN = Path(sys.executable).parent
+
+# What each role's tasks see, recorded as JSON: every variable named after the role.
+RECORDER = """---
+- name: Record what this role's tasks see
+  ansible.builtin.copy:
+    content: "{{ dict(__names | zip(__names | map('extract', __vals))) | to_json }}"
+    dest: "{{ lookup('ansible.builtin.env', 'PRECEDENCE_OUT') }}/{{ role_name }}.json"
+    mode: "0600"
+  vars:
+    __names: "{{ query('ansible.builtin.varnames', '^' ~ role_name ~ '_') }}"
+    __vals: "{{ dict(__names | zip(query('ansible.builtin.vars', *__names))) }}"
+"""
+
+STACK = {
+    "stack_app_name": "demo",
+    "stack_app_source_path": "/nonexistent/demo_app",
+    "stack_domain": "example.test",
+    "stack_https_port": 8443,
+    "stack_http_port": 8080,
+    "stack_db_port": 9991,
+    "stack_db_name": "demo_db",
+    "stack_db_owner": "demo_owner",
+    "stack_db_app_user": "demo_app",
+    "stack_db_readonly_user": "demo_ro",
+    "stack_db_owner_password": "owner-pw",
+    "stack_db_app_password": "app-pw",
+    "stack_db_readonly_password": "ro-pw",
+}
+
+# Each level wins over the one below it, proven for one variable of every
+# role per level. Level 1 runs without overrides; levels 2-5 come from one
+# layered inventory, each with its own variables so that one run shows all.
+WIRED = {  # level 1: the stack wiring's value; the role's own default differs
+    "base": ("base_firewall_web", True, False),
+    "postgresql": ("postgresql_port", 9991, 5432),
+    "app_service": ("app_service_name", "demo", "app"),
+    "caddy": ("caddy_https_port", 8443, 443),
+    "backups": ("backups_databases", ["demo_db"], []),
+}
+# role -> (variable, value below, value that must win); the value below sits
+# one level down: the wiring for level 2, group_vars/all for 3, the group for 4,
+# host_vars for 5.
+LEVEL2 = {role: (var, wired, {"base_firewall_web": False, "postgresql_port": 7001, "app_service_name": "from-all",
+                              "caddy_https_port": 7441, "backups_databases": ["from_all"]}[var])
+          for role, (var, wired, _) in WIRED.items()}
+LEVEL3 = {
+    "base": ("base_timezone", "Europe/Berlin", "Europe/Paris"),
+    "postgresql": ("postgresql_listen_addresses", "*", "127.0.0.1"),
+    "app_service": ("app_service_ports", [9001, 9002], [9101, 9102]),
+    "caddy": ("caddy_http_port", 7080, 7081),
+    "backups": ("backups_dir", "/srv/backups-all", "/srv/backups-db"),
+}
+LEVEL4 = {
+    "base": ("base_journald_system_max_use", "100M", "300M"),
+    "postgresql": ("postgresql_max_connections", 150, 160),
+    "app_service": ("app_service_workers", 3, 4),
+    "caddy": ("caddy_acme_email", "group@example.test", "host@example.test"),
+    "backups": ("backups_jobs", 3, 4),
+}
+LEVEL5 = {
+    "base": ("base_deploy_user", "hostuser", "extrauser"),
+    "postgresql": ("postgresql_memory_mb", 512, 640),
+    "app_service": ("app_service_health_path", "/from-host", "/from-extra"),
+    "caddy": ("caddy_log_dir", "/var/log/caddy-host", "/var/log/caddy-extra"),
+    "backups": ("backups_format", "directory", "custom"),
+}
+# The group that runs each role (where a group-level value goes).
+GROUP = {"base": "web", "postgresql": "db", "app_service": "app", "caddy": "web", "backups": "db"}
+
+
+def _layers() -> tuple[dict[str, dict], dict]:
+    """The layered inventory (levels 2-5) and the extra vars."""
+    layers: dict[str, dict] = {"group_vars/all/stack.yml": {}, "host_vars/h1.yml": {}}
+    extra = {}
+    for role in ROLES:
+        var, _, value = LEVEL2[role]
+        layers["group_vars/all/stack.yml"][var] = value
+        var, below, value = LEVEL3[role]
+        layers["group_vars/all/stack.yml"][var] = below
+        layers.setdefault(f"group_vars/{GROUP[role]}.yml", {})[var] = value
+        var, below, value = LEVEL4[role]
+        layers[f"group_vars/{GROUP[role]}.yml"][var] = below
+        layers["host_vars/h1.yml"][var] = value
+        var, below, value = LEVEL5[role]
+        layers["host_vars/h1.yml"][var] = below
+        extra[var] = value
+    return layers, extra
+
+
+def _roles_dir(tmp: Path) -> Path:
+    """The real roles with their task bodies replaced by the recorder."""
+    roles = tmp / "roles"
+    roles.mkdir()
+    (roles / "stack").symlink_to(REPO / "roles" / "stack")
+    for role in ROLES:
+        src, dest = REPO / "roles" / role, roles / role
+        (dest / "tasks").mkdir(parents=True)
+        for part in ("defaults", "vars", "meta"):
+            if (src / part).exists():
+                (dest / part).symlink_to(src / part)
+        (dest / "tasks" / "main.yml").write_text(RECORDER)
+        # The real input checks, except where they need a host tool
+        # (backups runs systemd-analyze) that a CI machine may lack.
+        if role == "backups":
+            (dest / "tasks" / "validate.yml").write_text("---\n[]\n")
+        else:
+            (dest / "tasks" / "validate.yml").symlink_to(src / "tasks" / "validate.yml")
+    return roles
+
+
+def _inventory(tmp: Path, layers: dict[str, dict]) -> Path:
+    inv = tmp / "inventory"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "host_vars").mkdir()
+    host = {"ansible_connection": "local", "ansible_become": False,
+            "ansible_python_interpreter": sys.executable}
+    hosts = {"all": {"children": {g: {"hosts": {"h1": host}} for g in ("db", "app", "web")}}}
+    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    (inv / "group_vars" / "all" / "stack.yml").write_text(yaml.safe_dump(STACK))
+    for name, values in layers.items():
+        path = inv / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existing = yaml.safe_load(path.read_text()) if path.exists() else {}
+        path.write_text(yaml.safe_dump({**(existing or {}), **values}))
+    return inv
+
+
+def run_site(tmp: Path, layers: dict[str, dict], *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp / "out"
+    out.mkdir()
+    env = dict(os.environ,
+               ANSIBLE_ROLES_PATH=str(_roles_dir(tmp)),
+               ANSIBLE_FILTER_PLUGINS=str(REPO / "filter_plugins"),
+               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+               ANSIBLE_NOCOLOR="1",
+               PRECEDENCE_OUT=str(out))
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(_inventory(tmp, layers)), str(REPO / "playbooks" / "site.yml"),
+         *extra],
+        capture_output=True, text=True, env=env, cwd=str(tmp), timeout=300, check=False)
+    seen = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    return proc, seen
+
+
+@pytest.fixture(scope="module")
+def wired(tmp_path_factory):
+    """What every role sees with no override in the inventory."""
+    proc, seen = run_site(tmp_path_factory.mktemp("wired"), {})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return seen
+
+
+@pytest.fixture(scope="module")
+def layered(tmp_path_factory):
+    """What every role sees with overrides at every inventory level and -e."""
+    layers, extra = _layers()
+    proc, seen = run_site(tmp_path_factory.mktemp("layered"), layers, "-e", json.dumps(extra))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return seen
+
+
+def _check(seen: dict, table: dict) -> None:
+    for role, (var, _, winner) in table.items():
+        assert seen[role][var] == winner, (role, var, seen[role][var], winner)
+
+
+def test_the_roles_own_defaults_differ_from_the_wiring():
+    for role, (var, wired_value, default) in WIRED.items():
+        assert yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())[var] == default
+        assert wired_value != default
+
+
+def test_stack_wiring_wins_over_role_defaults(wired):
+    for role, (var, wired_value, _) in WIRED.items():
+        assert wired[role][var] == wired_value, (role, var, wired[role][var], wired_value)
+    # The topology of one host in every group.
+    assert wired["postgresql"]["postgresql_listen_addresses"] == "localhost"
+    assert wired["app_service"]["app_service_bind_address"] == "127.0.0.1"
+    assert wired["app_service"]["app_service_db_host"] == "127.0.0.1"
+    assert wired["app_service"]["app_service_ip_allow"] == []
+    route = wired["caddy"]["caddy_sites"][0]["routes"][-1]["reverse_proxy"]
+    assert route["upstreams"] == ["127.0.0.1:8001", "127.0.0.1:8002"]
+    # Caddy on 8080/8443 opens those ports; nothing else is needed on one host.
+    assert [r["port"] for r in wired["base"]["base_firewall_rules"]] == [8080, 8443]
+    assert wired["backups"]["backups_postgresql_port"] == 9991
+
+
+def test_inventory_group_vars_all_wins_over_the_wiring(layered):
+    _check(layered, LEVEL2)
+
+
+def test_inventory_group_vars_of_a_group_win_over_group_vars_all(layered):
+    _check(layered, LEVEL3)
+    # Derived values follow what the inventory overrides: Caddy's upstreams
+    # follow the app group's ports, backups follow the database port.
+    route = layered["caddy"]["caddy_sites"][0]["routes"][-1]["reverse_proxy"]
+    assert route["upstreams"] == ["127.0.0.1:9101", "127.0.0.1:9102"]
+    assert layered["backups"]["backups_postgresql_port"] == 7001
+
+
+def test_host_vars_win_over_group_vars_of_a_group(layered):
+    _check(layered, LEVEL4)
+
+
+def test_extra_vars_win_over_host_vars(layered):
+    _check(layered, LEVEL5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"stack_db_port": 70000}, "stack_db_port (70000)"),
+    ({"postgresql_port": 0}, "postgresql_port"),
+    ({"app_service_ports": [8001, 8001]}, "app_service_ports"),
+    ({"base_firewall_rules": [{"port": 99999}]}, "base_firewall_rules[0]"),
+])
+def test_bad_input_fails_before_any_role_runs(tmp_path, override, message):
+    proc, seen = run_site(tmp_path, {"group_vars/all/stack.yml": override})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert message in output, output[-3000:]
+    # Every role's body records what it sees: none ran.
+    assert seen == {}, sorted(seen)

@@ -1,0 +1,167 @@
+"""Unit tests for filter_plugins/stack.py: the stack's host topology."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_plugins"))
+
+import stack  # noqa: E402
+from stack import AnsibleFilterError  # noqa: E402
+
+
+def facts(address):
+    return {"ansible_facts": {"default_ipv4": {"address": address}}}
+
+
+# One host in every group (a single VPS, the sandbox).
+SINGLE_GROUPS = {"all": ["vps"], "db": ["vps"], "app": ["vps"], "web": ["vps"]}
+SINGLE_VARS = {"vps": facts("203.0.113.10")}
+
+# The split fleet: private addresses set in the inventory for all but app2,
+# whose address comes from its facts.
+FLEET_GROUPS = {"all": ["db1", "app1", "app2", "web1"], "db": ["db1"], "app": ["app1", "app2"], "web": ["web1"]}
+FLEET_VARS = {
+    "db1": {"stack_private_address": "10.0.0.21", **facts("203.0.113.21")},
+    "app1": {"stack_private_address": "10.0.0.31", **facts("203.0.113.31")},
+    "app2": facts("10.0.0.32"),
+    "web1": {"stack_private_address": "10.0.0.41", **facts("203.0.113.41")},
+}
+
+
+# --- one host ---------------------------------------------------------------
+
+def test_single_host_everything_is_local():
+    assert stack.db_address(SINGLE_VARS, SINGLE_GROUPS, "vps") == "127.0.0.1"
+    assert stack.app_bind_address(SINGLE_VARS, SINGLE_GROUPS, "vps") == "127.0.0.1"
+    assert stack.listen_addresses(SINGLE_VARS, SINGLE_GROUPS, "vps") == "localhost"
+    assert stack.app_ip_allow(SINGLE_VARS, SINGLE_GROUPS, "vps", "127.0.0.1") == []
+    assert stack.caddy_upstreams(SINGLE_VARS, SINGLE_GROUPS, "vps", [8001, 8002]) == [
+        "127.0.0.1:8001", "127.0.0.1:8002"]
+
+
+def test_single_host_hba_has_only_local_lines():
+    entries = stack.hba_entries(SINGLE_VARS, SINGLE_GROUPS, "vps", "api", "api_owner", "api_app", "api_ro")
+    assert [e["type"] for e in entries] == ["local", "host"]
+    assert entries[1]["address"] == "127.0.0.1/32"
+    assert entries[1]["user"] == ["api_owner", "api_app", "api_ro"]
+
+
+def test_single_host_firewall_opens_only_non_standard_caddy_ports():
+    assert stack.firewall_rules(SINGLE_VARS, SINGLE_GROUPS, "vps", 9991, [8001, 8002], 80, 443) == []
+    rules = stack.firewall_rules(SINGLE_VARS, SINGLE_GROUPS, "vps", 9991, [8001, 8002], 8080, 8443)
+    assert [(r["port"], "from" in r) for r in rules] == [(8080, False), (8443, False)]
+
+
+# --- the split fleet ---------------------------------------------------------
+
+def test_fleet_addresses_come_from_the_inventory_or_the_facts():
+    assert stack.host_address(FLEET_VARS, "db1") == "10.0.0.21"  # inventory wins over facts
+    assert stack.host_address(FLEET_VARS, "app2") == "10.0.0.32"  # facts
+
+
+def test_fleet_app_hosts_reach_the_database_host():
+    assert stack.db_address(FLEET_VARS, FLEET_GROUPS, "app1") == "10.0.0.21"
+    assert stack.db_address(FLEET_VARS, FLEET_GROUPS, "db1") == "127.0.0.1"
+
+
+def test_fleet_app_binds_its_private_address_and_allows_db_and_web():
+    assert stack.app_bind_address(FLEET_VARS, FLEET_GROUPS, "app1") == "10.0.0.31"
+    allow = stack.app_ip_allow(FLEET_VARS, FLEET_GROUPS, "app1", "10.0.0.31")
+    assert allow == ["10.0.0.21/32", "10.0.0.41/32", "10.0.0.31/32"]
+
+
+def test_fleet_postgresql_listens_privately_and_admits_each_app_host():
+    assert stack.listen_addresses(FLEET_VARS, FLEET_GROUPS, "db1") == "localhost,10.0.0.21"
+    entries = stack.hba_entries(FLEET_VARS, FLEET_GROUPS, "db1", "api", "api_owner", "api_app", "api_ro")
+    remote = [e for e in entries if e.get("address") not in (None, "127.0.0.1/32")]
+    assert [e["address"] for e in remote] == ["10.0.0.31/32", "10.0.0.32/32"]
+    # The read-only role stays local.
+    assert all(e["user"] == ["api_owner", "api_app"] and e["method"] == "scram-sha-256" for e in remote)
+
+
+def test_fleet_caddy_reaches_every_instance_of_every_app_host():
+    assert stack.caddy_upstreams(FLEET_VARS, FLEET_GROUPS, "web1", [8001, 8002]) == [
+        "10.0.0.31:8001", "10.0.0.31:8002", "10.0.0.32:8001", "10.0.0.32:8002"]
+
+
+def test_fleet_upstreams_follow_an_app_hosts_own_ports_and_bind_address():
+    hostvars = {**FLEET_VARS,
+                "app1": {**FLEET_VARS["app1"], "stack_app_ports": [9001, 9002]},
+                "app2": {**FLEET_VARS["app2"], "app_service_ports": [7001, 7002],
+                         "app_service_bind_address": "10.9.9.9"}}
+    assert stack.caddy_upstreams(hostvars, FLEET_GROUPS, "web1", [8001, 8002]) == [
+        "10.0.0.31:9001", "10.0.0.31:9002", "10.9.9.9:7001", "10.9.9.9:7002"]
+
+
+def test_fleet_firewall_rules_per_host():
+    db = stack.firewall_rules(FLEET_VARS, FLEET_GROUPS, "db1", 9991, [8001, 8002], 80, 443)
+    assert db == [{"port": 9991, "proto": "tcp", "from": ["10.0.0.31", "10.0.0.32"],
+                   "comment": "PostgreSQL from the app hosts"}]
+    app = stack.firewall_rules(FLEET_VARS, FLEET_GROUPS, "app1", 9991, [8001, 8002], 80, 443)
+    assert [(r["port"], r["from"]) for r in app] == [(8001, ["10.0.0.41"]), (8002, ["10.0.0.41"])]
+    assert stack.firewall_rules(FLEET_VARS, FLEET_GROUPS, "web1", 9991, [8001, 8002], 80, 443) == []
+
+
+def test_app_and_web_on_one_host_with_a_second_web_host_bind_privately():
+    groups = {"db": ["db1"], "app": ["aw1"], "web": ["aw1", "web2"]}
+    hostvars = {"db1": facts("10.0.0.1"), "aw1": facts("10.0.0.2"), "web2": facts("10.0.0.3")}
+    assert stack.app_bind_address(hostvars, groups, "aw1") == "10.0.0.2"
+    # Both web hosts reach it on its private address, itself included.
+    assert stack.caddy_upstreams(hostvars, groups, "aw1", [8001, 8002]) == ["10.0.0.2:8001", "10.0.0.2:8002"]
+    assert stack.caddy_upstreams(hostvars, groups, "web2", [8001, 8002]) == ["10.0.0.2:8001", "10.0.0.2:8002"]
+
+
+def test_ipv6_private_addresses():
+    groups = {"db": ["db1"], "app": ["app1"], "web": ["web1"]}
+    hostvars = {"db1": {"stack_private_address": "fd00::21"}, "app1": {"stack_private_address": "fd00::31"},
+                "web1": {"stack_private_address": "fd00::41"}}
+    assert stack.caddy_upstreams(hostvars, groups, "web1", [8001, 8002]) == ["[fd00::31]:8001", "[fd00::31]:8002"]
+    assert stack.app_ip_allow(hostvars, groups, "app1", "fd00::31") == ["fd00::21/128", "fd00::41/128", "fd00::31/128"]
+
+
+# --- errors that name the variable ---------------------------------------------
+
+def test_unknown_address_names_the_host_and_the_variable():
+    hostvars = {**FLEET_VARS, "app2": {}}  # facts not gathered (--limit) and no stack_private_address
+    with pytest.raises(AnsibleFilterError, match=r"stack_private_address: the address of app2 is unknown"):
+        stack.caddy_upstreams(hostvars, FLEET_GROUPS, "web1", [8001, 8002])
+
+
+def test_a_private_address_that_is_not_an_ip_is_refused():
+    hostvars = {**FLEET_VARS, "db1": {"stack_private_address": "db1.internal"}}
+    with pytest.raises(AnsibleFilterError, match=r"stack_private_address: 'db1.internal' \(host db1\)"):
+        stack.db_address(hostvars, FLEET_GROUPS, "app1")
+
+
+def test_a_remote_app_bound_to_loopback_is_refused_for_caddy():
+    hostvars = {**FLEET_VARS, "app1": {**FLEET_VARS["app1"], "app_service_bind_address": "127.0.0.1"}}
+    with pytest.raises(AnsibleFilterError, match=r"app_service_bind_address: the app on app1 listens on loopback"):
+        stack.caddy_upstreams(hostvars, FLEET_GROUPS, "web1", [8001, 8002])
+
+
+def test_bad_ports_are_refused_naming_the_host():
+    hostvars = {**FLEET_VARS, "app1": {**FLEET_VARS["app1"], "app_service_ports": [8001, 70000]}}
+    with pytest.raises(AnsibleFilterError, match=r"app_service_ports of app1: port 70000 is outside 1-65535"):
+        stack.caddy_upstreams(hostvars, FLEET_GROUPS, "web1", [8001, 8002])
+
+
+def test_no_database_host():
+    with pytest.raises(AnsibleFilterError, match="no host in group 'db'"):
+        stack.db_address({}, {"db": [], "app": ["a"], "web": ["a"]}, "a")
+
+
+def test_undefined_values_count_as_missing():
+    class Undefined:  # stands in for Jinja's Undefined inside HostVars
+        pass
+
+    class Raising(dict):
+        def __getitem__(self, key):
+            raise RuntimeError("undefined variable in template")
+
+    hostvars = {"a": {"stack_private_address": Undefined(), **facts("10.1.1.1")},
+                "b": Raising(stack_private_address="x", ansible_facts={})}
+    assert stack.host_address(hostvars, "a") == "10.1.1.1"
+    with pytest.raises(AnsibleFilterError, match="address of b is unknown"):
+        stack.host_address(hostvars, "b")

@@ -229,6 +229,99 @@ def memory_tuning(total_mb: Any, max_connections: Any = 100) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------
+# Checks before the host is touched: listen addresses, memory
+# --------------------------------------------------------------------------
+
+_LOOPBACK_NETS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_WILDCARDS = ("*", "0.0.0.0", "::")
+
+
+def listen_addresses_check(value: Any, host_addresses: Any = None,
+                           var: str = "postgresql_listen_addresses") -> str:
+    """Check listen_addresses before PostgreSQL sees it; return it normalised.
+
+    ``value`` is a comma-separated string or a list of ``*``, ``localhost``,
+    IP addresses and host names. IP addresses must be addresses of this host
+    (``host_addresses``, from its facts; loopback and the wildcards always
+    are): PostgreSQL refuses to start when it cannot bind any of them, and a
+    reload does not tell. Host names are checked for their form only.
+    """
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, Sequence):
+        items = [str(v).strip() for v in value]
+    else:
+        _fail(var, f"must be a comma-separated string or a list, got {type(value).__name__}")
+    if not items or any(not i for i in items):
+        _fail(var, f"{value!r} has an empty entry")
+    own = set()
+    for address in host_addresses or []:
+        try:
+            own.add(ipaddress.ip_address(str(address).split("%")[0]))
+        except ValueError:
+            continue
+    for item in items:
+        if item in _WILDCARDS or item == "localhost":
+            continue
+        try:
+            ip = ipaddress.ip_address(item)
+        except ValueError:
+            if not _HOSTNAME_RE.match(item) or item.startswith(".") or re.match(r"^[0-9.]+$", item):
+                _fail(var, f"{item!r} is neither '*', 'localhost', an IP address nor a host name")
+            continue
+        if host_addresses is not None and ip not in own and not any(ip in net for net in _LOOPBACK_NETS):
+            _fail(var, f"{item} is not an address of this host (its addresses: "
+                       f"{', '.join(sorted(str(a) for a in own)) or 'none known'}); PostgreSQL could not bind it")
+    return ",".join(items)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|kB|MB|GB|TB)?\s*$")
+_SIZE_KB = {"B": 1 / 1024, "kB": 1, "MB": 1024, "GB": 1024 ** 2, "TB": 1024 ** 3}
+
+
+def memory_to_mb(value: Any, unit_kb: int = 8, var: str = "postgresql_config") -> float:
+    """A PostgreSQL memory setting in MiB. A bare number counts in the
+    parameter's own unit (``unit_kb`` kB: 8 for shared_buffers)."""
+    if isinstance(value, bool):
+        _fail(var, f"{value!r} is not a memory size")
+    if isinstance(value, (int, float)):
+        return float(value) * unit_kb / 1024
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        _fail(var, f"{value!r} is not a memory size (a number with kB, MB, GB or TB)")
+    number, unit = int(match.group(1)), match.group(2)
+    return number * (_SIZE_KB[unit] if unit else unit_kb) / 1024
+
+
+def memory_check(config: Any, total_mb: Any, memory_mb: Any, overrides: Any = None,
+                 max_share: float = 0.75) -> dict[str, Any]:
+    """Check the memory PostgreSQL allocates at start against the host's RAM.
+
+    ``config`` is the effective configuration, ``total_mb`` the host's RAM,
+    ``memory_mb`` the RAM the settings were sized from
+    (postgresql_memory_mb) and ``overrides`` postgresql_config. Fails naming
+    the variable when postgresql_memory_mb exceeds the RAM, or when
+    shared_buffers would take more than ``max_share`` of it (PostgreSQL
+    cannot allocate it, or starves the OS). Returns ``config``.
+    """
+    try:
+        total = int(total_mb)
+        sized = int(memory_mb)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError(f"postgresql_memory_mb: {memory_mb!r} is not a number of MiB") from None
+    if sized > total:
+        _fail("postgresql_memory_mb", f"{sized} MiB is more than this host's {total} MiB of RAM")
+    overrides = overrides or {}
+    where = "postgresql_config.shared_buffers" if "shared_buffers" in overrides else "postgresql_memory_mb"
+    shared = memory_to_mb(config.get("shared_buffers", "128MB"), 8, where)
+    if shared > total * max_share:
+        _fail(where, f"shared_buffers {config.get('shared_buffers')} is {shared / total:.0%} of this host's "
+                     f"{total} MiB of RAM; PostgreSQL would fail to allocate it or starve the system "
+                     f"(at most {max_share:.0%})")
+    return config
+
+
+# --------------------------------------------------------------------------
 # Connection URLs
 # --------------------------------------------------------------------------
 
@@ -286,4 +379,6 @@ class FilterModule:
             "postgresql_hba_render": hba_render,
             "postgresql_memory_tuning": memory_tuning,
             "postgresql_url": connection_url,
+            "postgresql_listen_addresses_check": listen_addresses_check,
+            "postgresql_memory_check": memory_check,
         }

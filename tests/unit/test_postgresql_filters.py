@@ -181,3 +181,66 @@ def test_url_rejects_bad_input(kwargs, message):
 def test_filter_module_exports():
     names = pg.FilterModule().filters()
     assert {"postgresql_hba_validate", "postgresql_hba_render", "postgresql_memory_tuning", "postgresql_url"} <= set(names)
+
+
+# --------------------------------------------------------------------------
+# listen_addresses and memory: checked before the host is touched
+# --------------------------------------------------------------------------
+
+HOST = ["10.0.0.21", "203.0.113.21", "fe80::1%eth0"]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("localhost", "localhost"),
+    ("*", "*"),
+    ("localhost, 10.0.0.21", "localhost,10.0.0.21"),
+    (["127.0.0.1", "::1"], "127.0.0.1,::1"),
+    ("127.0.0.2", "127.0.0.2"),  # all of 127/8 is bindable on Linux
+    ("db.internal", "db.internal"),  # host names: form only
+])
+def test_listen_addresses_accepted(value, expected):
+    assert pg.listen_addresses_check(value, HOST) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("localhost,10.99.99.99", r"postgresql_listen_addresses: 10\.99\.99\.99 is not an address of this host"),
+    ("localhost,,10.0.0.21", "has an empty entry"),
+    ("local host", "is neither"),
+    ("10.0.0.300", "is neither"),
+    (5432, "must be a comma-separated string or a list"),
+])
+def test_listen_addresses_refused_naming_the_variable(value, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        pg.listen_addresses_check(value, HOST)
+
+
+def test_listen_addresses_without_host_facts_checks_form_only():
+    assert pg.listen_addresses_check("10.99.99.99", None) == "10.99.99.99"
+
+
+@pytest.mark.parametrize("value, unit, mb", [
+    ("256MB", 8, 256), ("8GB", 8, 8192), ("1024kB", 8, 1), (16384, 8, 128), ("4096", 8, 32), (2048, 1, 2),
+])
+def test_memory_sizes(value, unit, mb):
+    assert pg.memory_to_mb(value, unit) == mb
+
+
+def test_memory_check_accepts_the_tuned_settings():
+    config = pg.memory_tuning(8192)
+    assert pg.memory_check(config, 8192, 8192, {}) is config
+
+
+def test_memory_sized_from_more_ram_than_the_host_has_is_refused():
+    with pytest.raises(AnsibleFilterError, match=r"postgresql_memory_mb: 65536 MiB is more than this host's 8000 MiB"):
+        pg.memory_check(pg.memory_tuning(65536), 8000, 65536, {})
+
+
+def test_shared_buffers_override_larger_than_the_host_is_refused_naming_it():
+    config = {**pg.memory_tuning(8000), "shared_buffers": "64GB"}
+    with pytest.raises(AnsibleFilterError, match=r"postgresql_config\.shared_buffers: shared_buffers 64GB is 819% "):
+        pg.memory_check(config, 8000, 8000, {"shared_buffers": "64GB"})
+
+
+def test_bad_memory_value_names_the_variable():
+    with pytest.raises(AnsibleFilterError, match=r"postgresql_config\.shared_buffers: 'lots' is not a memory size"):
+        pg.memory_check({"shared_buffers": "lots"}, 8000, 8000, {"shared_buffers": "lots"})

@@ -171,3 +171,102 @@ def test_bad_config_value_never_goes_live(host, playbook):
     # Put the candidate back in step with the live file for later runs.
     rc, out = playbook("--tags", "postgresql_config")
     assert rc == 0 and "changed=1" in out, out[-3000:]
+
+
+# --------------------------------------------------------------------------
+# Restart-safe configuration: a value PostgreSQL only rejects when it starts
+# never leaves the server down, and a plain converge heals a broken host.
+# --------------------------------------------------------------------------
+
+def serves_on(host, port=PORT):
+    """The app role connects over TCP with its password on this port."""
+    url = f"postgresql://app_rw@127.0.0.1:{port}/app"
+    return host.run("PGPASSWORD=%s psql %s -X -tAc 'SELECT 1'", PASSWORDS["app_rw"], url).rc == 0
+
+
+def live_files(host):
+    return sha256(host, f"{conf_dir(host)}/postgresql.conf"), sha256(host, f"{conf_dir(host)}/pg_hba.conf")
+
+
+def test_known_good_configuration_is_kept_beside_the_live_one(host):
+    conf = conf_dir(host)
+    assert sha256(host, f"{conf}/postgresql.conf.good") == sha256(host, f"{conf}/postgresql.conf")
+    assert sha256(host, f"{conf}/pg_hba.conf.good") == sha256(host, f"{conf}/pg_hba.conf")
+    record = json.loads(host.file(f"{conf}/ansible-settings.good.json").content_string)
+    assert record["postgresql_port"] == PORT
+    assert host.file(f"{conf}/ansible-settings.good.json").mode == 0o600
+    assert "Secret" not in host.file(f"{conf}/ansible-settings.good.json").content_string
+
+
+def test_allocation_failure_at_restart_puts_the_known_good_config_back(host, playbook):
+    # huge_pages = on passes PostgreSQL's parser but needs a restart, and the
+    # restart fails when the kernel has no huge pages reserved.
+    assert host.file("/proc/sys/vm/nr_hugepages").content_string.strip() == "0", \
+        "this check needs a host without reserved huge pages"
+    before = live_files(host)
+    pid = superuser(host, "SELECT pg_postmaster_start_time()", db="postgres")
+    rc, out = playbook("-e", json.dumps({"postgresql_config": {"huge_pages": "on"}}))
+    print(out[out.find("postgresql: the server did not come up"):][:1500])
+    assert rc != 0, out[-3000:]
+    assert "Settings changed since the last configuration it ran with: postgresql_config.huge_pages" in out, out[-4000:]
+    assert "could not map anonymous shared memory" in out, out[-4000:]
+    assert "The previous postgresql.conf and pg_hba.conf are back and the server runs with them on port 9991" in out
+    assert live_files(host) == before
+    assert serves_on(host)
+    assert superuser(host, "SHOW huge_pages") == "try"
+    assert superuser(host, "SELECT pg_postmaster_start_time()", db="postgres") != pid  # it really restarted
+    rc, out = playbook()
+    assert rc == 0 and "changed=0" in out, out[-3000:]
+
+
+def test_bind_failure_at_restart_puts_the_known_good_config_back(host, playbook):
+    # Another process holds the new port on every address PostgreSQL would bind.
+    busy = 9995
+    listener = ("import socket, time\n"
+                "socks = []\n"
+                "for family, addr in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1')):\n"
+                "    try:\n"
+                "        s = socket.socket(family); s.bind((addr, %d)); s.listen(); socks.append(s)\n"
+                "    except OSError:\n"
+                "        pass\n"
+                "time.sleep(600)\n" % busy)
+    host.check_output("systemd-run --unit=busy-port --collect python3 -c %s", listener)
+    try:
+        assert host.run("for i in $(seq 30); do ss -Hltn | grep -q ':%s ' && exit 0; sleep 0.2; done; exit 1",
+                        str(busy)).rc == 0
+        before = live_files(host)
+        rc, out = playbook("-e", f"postgresql_port={busy}")
+        print(out[out.find("postgresql: the server did not come up"):][:1500])
+        assert rc != 0, out[-3000:]
+        assert "Settings changed since the last configuration it ran with: postgresql_port" in out, out[-4000:]
+        assert "Address already in use" in out, out[-4000:]
+        assert live_files(host) == before
+        assert serves_on(host, PORT)
+        assert superuser(host, "SHOW port") == str(PORT)
+    finally:
+        host.run("systemctl stop busy-port")
+    rc, out = playbook()
+    assert rc == 0 and "changed=0" in out, out[-3000:]
+
+
+def test_server_kept_down_by_a_broken_live_file_is_healed_by_a_plain_converge(host, playbook):
+    conf = conf_dir(host)
+    service = "postgresql@%s-main" % conf.split("/")[3]
+    host.check_output("echo 'huge_pages = on' >> %s/postgresql.conf", conf)
+    assert host.run("systemctl restart %s", service).rc != 0
+    assert host.run("pg_isready -h /var/run/postgresql -p %s", str(PORT)).rc != 0, "the server should be down"
+    rc, out = playbook()
+    assert rc == 0, out[-3000:]
+    assert serves_on(host)
+    assert sha256(host, f"{conf}/postgresql.conf") == sha256(host, f"{conf}/postgresql.conf.good")
+    assert "huge_pages" not in host.file(f"{conf}/postgresql.conf").content_string
+
+
+def test_listen_address_not_on_the_host_fails_before_anything_changes(host, playbook):
+    before = live_files(host)
+    rc, out = playbook("-e", "postgresql_listen_addresses=localhost,10.99.99.99")
+    assert rc != 0
+    assert "postgresql_listen_addresses: 10.99.99.99 is not an address of this host" in out, out[-3000:]
+    assert "changed=0" in out
+    assert live_files(host) == before
+    assert serves_on(host)

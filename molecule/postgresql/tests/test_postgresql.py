@@ -162,10 +162,12 @@ def test_hba_line_postgresql_rejects_is_rolled_back(host, playbook):
 def test_bad_config_value_never_goes_live(host, playbook):
     conf = f"{conf_dir(host)}/postgresql.conf"
     before = sha256(host, conf)
-    rc, out = playbook("--tags", "postgresql_config", "-e", json.dumps({"postgresql_config": {"shared_buffers": "lots"}}))
+    # Not a memory setting (those are checked before the host is touched):
+    # PostgreSQL's own parser rejects the candidate.
+    rc, out = playbook("--tags", "postgresql_config", "-e", json.dumps({"postgresql_config": {"log_min_messages": "lots"}}))
     assert rc != 0
     assert 'PostgreSQL rejects the rendered postgresql.conf' in out, out[-3000:]
-    assert 'invalid value for parameter "shared_buffers": "lots"' in out, out[-3000:]
+    assert 'invalid value for parameter "log_min_messages": "lots"' in out, out[-3000:]
     assert sha256(host, conf) == before
     assert psql(host, "app_rw", "SELECT 1").rc == 0
     # Put the candidate back in step with the live file for later runs.
@@ -260,6 +262,15 @@ def test_server_kept_down_by_a_broken_live_file_is_healed_by_a_plain_converge(ho
     assert serves_on(host)
     assert sha256(host, f"{conf}/postgresql.conf") == sha256(host, f"{conf}/postgresql.conf.good")
     assert "huge_pages" not in host.file(f"{conf}/postgresql.conf").content_string
+
+
+def test_memory_larger_than_the_host_fails_before_anything_changes(host, playbook):
+    before = live_files(host)
+    rc, out = playbook("-e", json.dumps({"postgresql_config": {"shared_buffers": "100TB"}}))
+    assert rc != 0
+    assert "postgresql_config.shared_buffers: shared_buffers 100TB is" in out, out[-3000:]
+    assert "changed=0" in out
+    assert live_files(host) == before
 
 
 def test_listen_address_not_on_the_host_fails_before_anything_changes(host, playbook):

@@ -52,13 +52,39 @@ def get(host, path: str) -> tuple[int, dict]:
         return int(cmd.stdout), {"raw": body}
 
 
-def new_release_source(tmp_path: Path, marker: str) -> Path:
-    """A copy of the demo app that differs from the deployed one (a new release)."""
+FAIL_HEALTH_FILE = "/etc/stacktest-fail-health"
+
+
+def new_release_source(tmp_path: Path, marker: str, fail_where_flagged: bool = False) -> Path:
+    """A copy of the demo app that differs from the deployed one (a new release).
+
+    fail_where_flagged: its /health answers 500 on hosts where FAIL_HEALTH_FILE
+    exists, so a test can make the release fail on chosen hosts only.
+    """
     target = tmp_path / f"demo_app-{marker}"
     shutil.copytree(REPO / "examples" / "demo_app", target,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".venv"))
     (target / "RELEASE_NOTE").write_text(f"{marker}\n")
+    if fail_where_flagged:
+        main = target / "app" / "main.py"
+        text = main.read_text()
+        healthy = 'return JSONResponse({"status": "ok", "release": release_id()}, status_code=200)'
+        assert healthy in text, "the demo app's /health line changed; update this helper"
+        main.write_text(text.replace(healthy, (
+            f'if os.path.exists("{FAIL_HEALTH_FILE}"):\n'
+            '        return JSONResponse({"status": "failing", "release": release_id()}, status_code=500)\n'
+            "    " + healthy)))
     return target
+
+
+def redeploy_under_load(host, tmp_path: Path, marker: str, *args: str,
+                        fail_where_flagged: bool = False) -> tuple[int, str, "RequestLoop"]:
+    """Run playbooks/redeploy.yml with a new release of the demo app while a
+    request loop runs through Caddy on `host`; returns (rc, output, loop)."""
+    source = new_release_source(tmp_path, marker, fail_where_flagged)
+    with RequestLoop(host, marker) as loop:
+        rc, out = run_playbook("playbooks/redeploy.yml", "-e", f"stack_app_source_path={source}", *args)
+    return rc, out, loop
 
 
 class RequestLoop:

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
-from stacktest import RequestLoop, get, new_release_source, recap, run_playbook  # noqa: E402
+from stacktest import RequestLoop, get, recap, redeploy_under_load, run_playbook  # noqa: E402
 
 
 def test_health_through_caddy(host):
@@ -47,10 +47,8 @@ def test_backup_playbook_produces_a_verified_backup(host):
 
 
 def test_redeploy_while_serving_loses_no_request(host, tmp_path):
-    source = new_release_source(tmp_path, "redeploy-v2")
     _, before = get(host, "/health")
-    with RequestLoop(host, "redeploy") as loop:
-        rc, out = run_playbook("playbooks/redeploy.yml", "-e", f"stack_app_source_path={source}")
+    rc, out, loop = redeploy_under_load(host, tmp_path, "redeploy-v2")
     assert rc == 0, out[-4000:]
     _, after = get(host, "/health")
     assert after["release"] != before["release"], (before, after)

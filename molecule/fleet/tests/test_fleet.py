@@ -8,7 +8,7 @@ import testinfra
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
-from stacktest import RequestLoop, get, new_release_source, recap, run_playbook  # noqa: E402
+from stacktest import FAIL_HEALTH_FILE, RequestLoop, get, recap, redeploy_under_load, run_playbook  # noqa: E402
 
 # Each test picks its hosts itself; run every test once.
 testinfra_hosts = ["ansible://fleet-web"]
@@ -63,11 +63,16 @@ def test_backup_playbook_produces_a_verified_backup(host):
     assert "verified True" in out
 
 
+APPS = ("fleet-app1", "fleet-app2")
+
+
+def serving(app):
+    return node(app).check_output("readlink -f /srv/demo/current").rsplit("/", 1)[-1]
+
+
 def test_rolling_redeploy_loses_no_request(host, tmp_path):
-    source = new_release_source(tmp_path, "fleet-v2")
     _, before = get(host, "/health")
-    with RequestLoop(host, "redeploy") as loop:
-        rc, out = run_playbook("playbooks/redeploy.yml", "-e", f"stack_app_source_path={source}")
+    rc, out, loop = redeploy_under_load(host, tmp_path, "fleet-v2")
     assert rc == 0, out[-4000:]
     _, after = get(host, "/health")
     assert after["release"] != before["release"]
@@ -75,6 +80,32 @@ def test_rolling_redeploy_loses_no_request(host, tmp_path):
     assert len(releases) == 1, releases
     assert loop.result["requests"] > 50
     assert loop.result["failures"] == 0, loop.result
+
+
+def test_release_failing_on_the_second_app_host_leaves_both_on_the_old_release(host, tmp_path):
+    before = {app: serving(app) for app in APPS}
+    assert len(set(before.values())) == 1, before
+    node("fleet-app2").check_output("touch %s", FAIL_HEALTH_FILE)
+    try:
+        rc, out, loop = redeploy_under_load(host, tmp_path, "fleet-bad-on-app2", "-e", "app_service_health_timeout=10",
+                                            fail_where_flagged=True)
+    finally:
+        node("fleet-app2").run("rm -f %s", FAIL_HEALTH_FILE)
+    print(out[out.find("The release failed on"):][:600])
+    assert rc != 0, out[-4000:]
+    assert "The release failed on fleet-app2" in out, out[-4000:]
+    assert "failed its health gate" in out
+    after = {app: serving(app) for app in APPS}
+    assert after == before, (before, after)
+    # app1 really switched to the new release, then went back through the gate.
+    log = node("fleet-app1").check_output("tail -n 2 /var/log/demo-deploy.log").splitlines()
+    assert "action=deploy" in log[0] and "result=ok" in log[0], log
+    assert "action=rollback" in log[1] and "result=ok" in log[1] and f"release={before['fleet-app1']}" in log[1], log
+    assert loop.result["requests"] > 50
+    assert loop.result["failures"] == 0, loop.result
+    # Only the old release answered through Caddy at the end.
+    _, body = get(host, "/health")
+    assert body["release"] == before["fleet-app1"]
 
 
 def test_restart_app_tag_loses_no_request(host):

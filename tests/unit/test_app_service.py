@@ -124,7 +124,34 @@ def test_env_file_refuses_bad_input_naming_the_variable(env):
 
 def test_filter_module_maps_names():
     names = flt.FilterModule().filters()
-    assert set(names) == {"app_service_pick_slots", "app_service_release_plan", "app_service_env_file"}
+    assert set(names) == {"app_service_pick_slots", "app_service_release_plan", "app_service_env_file",
+                          "app_service_revisions"}
+
+
+# ------------------------------------------------------------------- revisions
+
+def test_revisions_take_the_first_token_of_each_line():
+    assert flt.revisions("0002 (head)\n") == ["0002"]
+    assert flt.revisions("0001\n") == ["0001"]
+
+
+def test_revisions_skip_log_lines_and_blank_lines():
+    out = "INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.\n\n  0002 (head)\n"
+    assert flt.revisions(out) == ["0002"]
+
+
+def test_several_heads_compare_regardless_of_order():
+    assert flt.revisions("b2 (head)\na1 (head)\n") == flt.revisions("a1 (head)\nb2 (head)") == ["a1", "b2"]
+    assert flt.revisions(["a1 (head)", "b2"]) == ["a1", "b2"]
+
+
+def test_revisions_of_nothing_is_empty():
+    assert flt.revisions("") == [] and flt.revisions(None) == [] and flt.revisions("\n \n") == []
+
+
+def test_revisions_refuse_non_text():
+    with pytest.raises(AnsibleFilterError, match="app_service_schema_head_command"):
+        flt.revisions({"a": 1}, var="app_service_schema_head_command")
 
 
 # ---------------------------------------------------------------- pack_release

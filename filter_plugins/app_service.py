@@ -1,5 +1,6 @@
 """Filters for the app_service role: blue/green slot choice, release
-pruning/rollback planning and EnvironmentFile rendering.
+pruning/rollback planning, EnvironmentFile rendering and reading schema
+revisions from a migration tool's output.
 
 The FilterModule at the bottom is a thin map from filter names to the plain
 functions above it; tests in tests/unit call the functions directly.
@@ -148,6 +149,33 @@ def env_file(env: Any, var: str = "app_service_environment") -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+_LOG_LINE_RE = re.compile(r"^(DEBUG|INFO|WARN|WARNING|ERROR|CRITICAL)\b")
+
+
+def revisions(text: Any, var: str = "app_service_revision_command") -> list[str]:
+    """Schema revision ids in the output of ``alembic heads`` / ``alembic current``.
+
+    Takes the first token of each non-empty line (``0002 (head)`` gives
+    ``0002``), skips lines that start with a log level (``INFO  [alembic...]``
+    when a tool logs to stdout), drops duplicates and sorts, so two outputs
+    compare equal when they name the same revisions. An empty output (no
+    migrations, or a database without a version table) gives ``[]``.
+    """
+    if text is None:
+        return []
+    if isinstance(text, (list, tuple)):
+        text = "\n".join(str(line) for line in text)
+    if not isinstance(text, str):
+        raise AnsibleFilterError(f"{var}: expected the command's output as text, got {type(text).__name__}")
+    found = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or _LOG_LINE_RE.match(line):
+            continue
+        found.add(line.split()[0])
+    return sorted(found)
+
+
 class FilterModule:
     """Ansible filter map for the app_service role."""
 
@@ -156,4 +184,5 @@ class FilterModule:
             "app_service_pick_slots": pick_slots,
             "app_service_release_plan": release_plan,
             "app_service_env_file": env_file,
+            "app_service_revisions": revisions,
         }

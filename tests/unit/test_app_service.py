@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -124,7 +125,117 @@ def test_env_file_refuses_bad_input_naming_the_variable(env):
 
 def test_filter_module_maps_names():
     names = flt.FilterModule().filters()
-    assert set(names) == {"app_service_pick_slots", "app_service_release_plan", "app_service_env_file"}
+    assert set(names) == {"app_service_pick_slots", "app_service_release_plan", "app_service_env_file",
+                          "app_service_revisions"}
+
+
+# ------------------------------------------------------------------- revisions
+
+def test_revisions_take_the_first_token_of_each_line():
+    assert flt.revisions("0002 (head)\n") == ["0002"]
+    assert flt.revisions("0001\n") == ["0001"]
+
+
+def test_revisions_skip_log_lines_and_blank_lines():
+    out = "INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.\n\n  0002 (head)\n"
+    assert flt.revisions(out) == ["0002"]
+
+
+def test_several_heads_compare_regardless_of_order():
+    assert flt.revisions("b2 (head)\na1 (head)\n") == flt.revisions("a1 (head)\nb2 (head)") == ["a1", "b2"]
+    assert flt.revisions(["a1 (head)", "b2"]) == ["a1", "b2"]
+
+
+def test_revisions_of_nothing_is_empty():
+    assert flt.revisions("") == [] and flt.revisions(None) == [] and flt.revisions("\n \n") == []
+
+
+def test_revisions_refuse_non_text():
+    with pytest.raises(AnsibleFilterError, match="app_service_schema_head_command"):
+        flt.revisions({"a": 1}, var="app_service_schema_head_command")
+
+
+# ------------------------------------------- the role's settings record (vars)
+
+def _render_settings_record(**overrides):
+    """Render __app_service_settings_record from the role's defaults and vars
+    with Ansible's templar and the project's filter plugins."""
+    yaml = pytest.importorskip("yaml")
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import filter_loader
+    from ansible.template import Templar, trust_as_template
+
+    filter_loader.add_directory(str(ROOT / "filter_plugins"))
+
+    def trust(value):
+        if isinstance(value, str):
+            return trust_as_template(value)
+        if isinstance(value, dict):
+            return {k: trust(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [trust(v) for v in value]
+        return value
+
+    variables = {}
+    for name in ("defaults/main.yml", "vars/main.yml"):
+        variables.update(trust(yaml.safe_load((ROOT / "roles/app_service" / name).read_text())))
+    variables.update({"app_service_name": "demo", "app_service_db_name": "app", "app_service_db_user": "app_rw",
+                      "app_service_db_password": "rw-pass", "app_service_db_migration_user": "app_owner",
+                      "app_service_db_migration_password": "owner-pass",
+                      "app_service_environment": {"SENTRY_DSN": "https://key@sentry", "GREETING": "hi"}})
+    variables.update(overrides)
+    templar = Templar(loader=DataLoader(), variables=variables)
+    return json.loads(json.dumps(templar.template(trust_as_template("{{ __app_service_settings_record }}"))))
+
+
+def _changed(old, new):
+    import settings  # filter_plugins/settings.py, on sys.path above
+
+    return settings.changed_settings(old, new)
+
+
+def test_settings_record_holds_secrets_only_as_digests():
+    record = _render_settings_record()
+    text = json.dumps(record)
+    assert not [s for s in ("rw-pass", "owner-pass", "https://key@sentry", '"hi"') if s in text]
+    assert record["app_service_db_password"].startswith("sha256:")
+    assert set(record["app_service_environment"]) == {"SENTRY_DSN", "GREETING"}
+    assert record["app_service_asgi_app"] == "app.main:app" and record["app_service_ports"] == [8001, 8002]
+
+
+def test_settings_record_names_what_changed():
+    base = _render_settings_record()
+    env = {"SENTRY_DSN": "https://other@sentry", "GREETING": "hi"}
+    assert _changed(base, _render_settings_record(app_service_environment=env)) == ["app_service_environment.SENTRY_DSN"]
+    assert _changed(base, _render_settings_record(app_service_db_password="new")) == ["app_service_db_password"]
+    assert _changed(base, _render_settings_record(app_service_asgi_app="app.main:nope")) == ["app_service_asgi_app"]
+    # Values from -e arrive as strings: the same port or worker count is no change.
+    assert _changed(base, _render_settings_record(app_service_db_port="5432", app_service_workers="2",
+                                                  app_service_ports=["8001", "8002"])) == []
+
+
+def test_settings_record_covers_every_variable_the_settings_files_use():
+    """Every public variable the env template and the unit template use,
+    directly or through the role's internal vars, is in the record."""
+    yaml = pytest.importorskip("yaml")
+    role = ROOT / "roles/app_service"
+    internal = yaml.safe_load((role / "vars/main.yml").read_text())
+    filters = set(flt.FilterModule().filters())
+    todo = [p.read_text() for p in (role / "templates").rglob("*.j2")]
+    # The env templates get their mapping from the template tasks' vars.
+    todo += [json.dumps(task.get("vars", {})) for task in yaml.safe_load((role / "tasks/config.yml").read_text())
+             if "ansible.builtin.template" in task]
+    used, seen = set(), set()
+    while todo:
+        text = todo.pop()
+        used |= set(re.findall(r"(?<![\w])app_service_\w+", text)) - filters
+        for name in set(re.findall(r"__app_service_\w+", text)) - seen:
+            seen.add(name)
+            if name in internal and name != "__app_service_settings_record":
+                todo.append(json.dumps(internal[name]))
+    assert {"app_service_asgi_app", "app_service_environment", "app_service_db_password"} <= used
+    missing = used - set(_render_settings_record())
+    assert not missing, f"variables that shape the env file or the unit but are not in the settings record: {missing}"
 
 
 # ---------------------------------------------------------------- pack_release

@@ -30,6 +30,12 @@ APP = "demo"
 ROOT = f"/srv/{APP}"
 PROXY = "http://127.0.0.1:8080"
 PORTS = (8001, 8002)
+# The live settings files and the names of their known-good copies.
+SETTINGS_FILES = {"env": f"/etc/{APP}/env", "migrate.env": f"/etc/{APP}/migrate.env",
+                  "unit": f"/etc/systemd/system/{APP}@.service"}
+KNOWN_GOOD = f"/etc/{APP}/known-good"
+# Test-only passwords from vars.yml: they must never show in a run's output.
+SECRETS = ("owner-Secret-42", "rw-Secret-42")
 
 
 FIGURES: list[str] = []
@@ -100,6 +106,49 @@ def _q(text: str) -> str:
 
 def current_release(host) -> str:
     return host.check_output(f"readlink {ROOT}/current").rsplit("/", 1)[-1]
+
+
+def serving(host) -> list[int]:
+    """Ports whose instance runs."""
+    return [p for p in PORTS if host.service(f"{APP}@{p}").is_running]
+
+
+def main_pid(host, port: int) -> str:
+    return host.check_output(f"systemctl show -p MainPID --value {APP}@{port}")
+
+
+def sha256(host, paths) -> dict:
+    """path -> sha256 of each file on the host."""
+    out = host.check_output("sha256sum " + " ".join(_q(p) for p in paths))
+    return {line.split()[1]: line.split()[0] for line in out.splitlines()}
+
+
+def settings_sums(host) -> dict:
+    """name -> sha256 of the live settings files (env, migrate.env, unit)."""
+    sums = sha256(host, SETTINGS_FILES.values())
+    return {name: sums[path] for name, path in SETTINGS_FILES.items()}
+
+
+def instance_record(host, port: int) -> dict:
+    """The settings record an instance was started with (checksums of env and unit)."""
+    return json.loads(host.check_output(f"cat {ROOT}/instances/{port}.settings"))
+
+
+def log_lines(host) -> list[str]:
+    return host.check_output(f"cat /var/log/{APP}-deploy.log").splitlines()
+
+
+def snapshot(host) -> dict:
+    """What a run must not change when it fails or has nothing to do."""
+    ports = serving(host)
+    return {"serving": ports, "pid": main_pid(host, ports[0]) if ports else "",
+            "sums": settings_sums(host), "log": len(log_lines(host)), "current": current_release(host)}
+
+
+def recap(proc) -> dict:
+    """host -> (changed, failed) from a run's PLAY RECAP."""
+    return {m[0]: (int(m[1]), int(m[2])) for m in re.findall(
+        r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", proc.stdout, re.M)}
 
 
 def all_hosts() -> dict:
@@ -193,10 +242,84 @@ def restart(deploy_broken):
 
 
 @pytest.fixture(scope="session")
-def rollback(restart):
-    with Loops("rollback") as loops:
+def settings_failure(workdir, restart):
+    """A settings change that only fails when the app restarts (an ASGI app
+    that does not exist), on the current release (v2), under the loop."""
+    before = {name: snapshot(host) for name, host in all_hosts().items()}
+    with Loops("settings") as loops:
+        proc = playbook(SCENARIO_DIR / "converge.yml", "--tags", "app_service",
+                        "-e", f"app_service_source_path={workdir / 'v2'}",
+                        "-e", "app_service_asgi_app=app.main:nope", "-e", "app_service_health_timeout=8")
+    return proc, loops.results, before
+
+
+@pytest.fixture(scope="session")
+def settings_rerun(workdir, settings_failure):
+    """The next plain converge with the good values."""
+    before = {name: snapshot(host) for name, host in all_hosts().items()}
+    proc = playbook(SCENARIO_DIR / "converge.yml", "--tags", "app_service", "-e", f"app_service_source_path={workdir / 'v2'}")
+    return proc, before
+
+
+@pytest.fixture(scope="session")
+def settings_drift(workdir, settings_rerun):
+    """Drift, then a plain converge under the loop. On the first host a hand
+    edit of the env file; on the other the serving instance's record names
+    other checksums than the files on disk (what a run that wrote the files
+    and died before restarting leaves: this run rewrites nothing)."""
+    hosts = all_hosts()
+    names = sorted(hosts)
+    kinds = {name: ("hand edit" if i % 2 == 0 else "stale record") for i, name in enumerate(names)}
+    before = {}
+    for name, host in hosts.items():
+        if kinds[name] == "hand edit":
+            host.check_output(f"echo 'HAND_EDIT=\"1\"' >> /etc/{APP}/env")
+        else:
+            port = serving(host)[0]
+            record = instance_record(host, port)
+            record["env"] = "0" * 64
+            host.check_output(f"echo {_q(json.dumps(record))} > {ROOT}/instances/{port}.settings")
+        before[name] = snapshot(host)
+    with Loops("drift") as loops:
+        proc = playbook(SCENARIO_DIR / "converge.yml", "--tags", "app_service", "-e", f"app_service_source_path={workdir / 'v2'}")
+    return proc, loops.results, before, kinds
+
+
+@pytest.fixture(scope="session")
+def rollback_refused(settings_drift, first_release):
+    """rollback.yml to the first release (schema head 0001) while the database
+    is at 0002, without app_service_rollback_allow_schema_mismatch. On every
+    other host the first release's recorded head is removed first (a release
+    built before heads were recorded): the role must ask the release itself."""
+    hosts = all_hosts()
+    unrecorded = sorted(hosts)[1::2]
+    for name in unrecorded:
+        hosts[name].check_output(f"rm {ROOT}/releases/{first_release[name]}/.app_service_schema_head")
+    before = {name: snapshot(host) for name, host in hosts.items()}
+    with Loops("rollback-refused") as loops:
         proc = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "-e", f"@{SCENARIO_DIR / 'vars.yml'}",
                         "-e", "app_service_rollback_hosts=all", "-e", "app_service_rollback_to=previous")
+    return proc, loops.results, before, unrecorded
+
+
+@pytest.fixture(scope="session")
+def rollback_check_mode(rollback_refused, first_release):
+    """Check mode: rollback.yml without the flag, and include_role vars with
+    a release id and the mismatch allowed (what a fleet redeploy passes)."""
+    before = {name: snapshot(host) for name, host in all_hosts().items()}
+    refused = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "--check", "-e", f"@{SCENARIO_DIR / 'vars.yml'}",
+                       "-e", "app_service_rollback_hosts=all", "-e", "app_service_rollback_to=previous")
+    allowed = playbook(SCENARIO_DIR / "rollback_include.yml", "--check",
+                       "-e", json.dumps({"scenario_rollback_releases": first_release}))
+    return refused, allowed, before
+
+
+@pytest.fixture(scope="session")
+def rollback(rollback_check_mode):
+    with Loops("rollback") as loops:
+        proc = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "-e", f"@{SCENARIO_DIR / 'vars.yml'}",
+                        "-e", "app_service_rollback_hosts=all", "-e", "app_service_rollback_to=previous",
+                        "-e", "app_service_rollback_allow_schema_mismatch=true")
     return proc, loops.results
 
 

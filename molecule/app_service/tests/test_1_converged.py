@@ -1,8 +1,10 @@
 """After converge and idempotence: the demo app as deployed once, from outside."""
 
+import json
 import re
 
-from conftest import APP, PORTS, PROXY, ROOT, current_release, get, report
+from conftest import (APP, KNOWN_GOOD, PORTS, PROXY, ROOT, SECRETS, SETTINGS_FILES, current_release, get, instance_record,
+                      report, serving, settings_sums)
 
 
 def test_health_db_reports_revision_through_proxy(host):
@@ -67,3 +69,38 @@ def test_security_exposure_is_low(host):
     assert len(scores) == 2 and max(scores) <= 2.0
 
 
+
+
+def test_known_good_settings_are_the_serving_instances_and_root_only(host):
+    directory = host.file(KNOWN_GOOD)
+    assert directory.user == "root" and directory.group == "root" and directory.mode == 0o700
+    sums = settings_sums(host)
+    for name in SETTINGS_FILES:
+        copy = host.file(f"{KNOWN_GOOD}/{name}")
+        assert copy.user == "root" and copy.mode == 0o600, name
+        assert copy.sha256sum == sums[name], name
+    port = serving(host)[0]
+    record = instance_record(host, port)
+    report(f"{host.backend.host}: {APP}@{port} started with env {record['env'][:12]} unit {record['unit'][:12]}; "
+           f"on disk env {sums['env'][:12]} unit {sums['unit'][:12]}")
+    assert record == {"env": sums["env"], "unit": sums["unit"]}
+    assert host.file(f"{ROOT}/instances/{port}.settings").mode == 0o600
+
+
+def test_known_good_record_holds_no_secrets(host):
+    text = host.check_output(f"cat {KNOWN_GOOD}/settings.json")
+    record = json.loads(text)
+    settings = record["settings"]
+    assert settings["app_service_asgi_app"] == "app.main:app" and settings["app_service_db_user"] == "app_rw"
+    assert settings["app_service_db_password"].startswith("sha256:")
+    assert settings["app_service_db_migration_password"].startswith("sha256:")
+    assert settings["app_service_environment"]["APP_GREETING"].startswith("sha256:")
+    assert not [s for s in SECRETS + ("hello from molecule",) if s in text]
+    assert record["files"] == settings_sums(host)
+
+
+def test_release_records_its_schema_head(host):
+    marker = host.file(f"{ROOT}/releases/{current_release(host)}/.app_service_schema_head")
+    report(f"{host.backend.host}: release {current_release(host)} schema head {marker.content_string.strip()}")
+    assert marker.user == "root" and marker.mode == 0o644
+    assert marker.content_string == "0001\n"

@@ -1,4 +1,5 @@
-"""Deploys, a failed deploy, a restart and a rollback while requests flow.
+"""Deploys, a failed deploy, a restart, settings that fail or drift, and a
+schema-guarded rollback, while requests flow.
 
 Each test drives ansible-playbook once for all hosts (session fixtures in
 conftest.py) while a bounded request loop runs through Caddy in every
@@ -8,11 +9,8 @@ tests take no `host` argument, so pytest keeps them in file order).
 
 import re
 
-from conftest import APP, PORTS, PROXY, SCENARIO_DIR, all_hosts, current_release, get, playbook, report
-
-
-def _serving(host) -> list[int]:
-    return [p for p in PORTS if host.service(f"{APP}@{p}").is_running]
+from conftest import (APP, KNOWN_GOOD, PROXY, SCENARIO_DIR, SECRETS, SETTINGS_FILES, all_hosts, current_release,
+                      get, instance_record, log_lines, main_pid, playbook, recap, report, serving, settings_sums)
 
 
 def _report(what: str, loops: dict) -> None:
@@ -41,7 +39,7 @@ def test_second_deploy_switches_without_losing_requests(deploy_v2, first_release
         assert set(loop["releases"]) == {first_release[name], new}
         status, body = get(host, f"{PROXY}/health/db")
         assert status == 200 and body["revision"] == "0002" and body["release"] == new
-        assert len(_serving(host)) == 1
+        assert len(serving(host)) == 1
         last = host.check_output(f"tail -n1 /var/log/{APP}-deploy.log")
         assert "action=deploy" in last and "result=ok" in last and "revision=0002" in last
 
@@ -61,7 +59,7 @@ def test_broken_release_fails_and_old_keeps_serving(deploy_broken, deploy_v2):
         assert set(loop["releases"]) == {v2}
         status, body = get(host, f"{PROXY}/health")
         assert status == 200 and body["release"] == v2
-        assert len(_serving(host)) == 1
+        assert len(serving(host)) == 1
         assert "result=failed" in host.check_output(f"tail -n1 /var/log/{APP}-deploy.log")
 
 
@@ -74,12 +72,128 @@ def test_restart_app_tag_restarts_without_losing_requests(restart, deploy_broken
         assert loop["failures"] == 0, loop["errors"]
         last = host.check_output(f"tail -n1 /var/log/{APP}-deploy.log")
         assert "action=restart" in last and "result=ok" in last
-        assert len(_serving(host)) == 1
+        assert len(serving(host)) == 1
+
+
+def _output(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+def _no_secrets(proc) -> None:
+    leaked = [s for s in SECRETS if s in _output(proc)]
+    assert not leaked, f"passwords in the run's output: {leaked}"
+
+
+def test_failed_settings_restart_puts_known_good_back(settings_failure):
+    proc, loops, before = settings_failure
+    _report("settings failure (app_service_asgi_app=app.main:nope)", loops)
+    output = _output(proc)
+    assert proc.returncode != 0, "a settings change that breaks the app must fail the run"
+    assert "failed its health gate" in output
+    # The message names the variable that changed and shows the instance's journal.
+    assert "Settings changed since the last good start: app_service_asgi_app." in output, output[-3000:]
+    assert 'Attribute "nope" not found' in output
+    _no_secrets(proc)
+    for name, host in all_hosts().items():
+        loop = loops[name]
+        assert loop["requests"] > 50
+        assert loop["failures"] == 0, loop["errors"]
+        # The old instance keeps serving: same port, same process.
+        assert serving(host) == before[name]["serving"]
+        assert main_pid(host, serving(host)[0]) == before[name]["pid"]
+        # The settings files on disk are byte-identical to before the run.
+        after = settings_sums(host)
+        report(f"settings failure on {name}: sha256 before {before[name]['sums']} after {after}")
+        assert after == before[name]["sums"]
+        # systemd has the restored unit loaded (daemon-reload ran).
+        port = serving(host)[0]
+        assert host.check_output(f"systemctl show -p NeedDaemonReload --value {APP}@{port}") == "no"
+        assert "app.main:nope" not in host.check_output(f"systemctl cat {APP}@{port}")
+        last = log_lines(host)[-1]
+        assert "action=restart" in last and "source=settings:app_service_asgi_app" in last and "result=failed" in last
+
+
+def test_plain_rerun_after_failure_restarts_nothing(settings_rerun):
+    proc, before = settings_rerun
+    assert proc.returncode == 0, _output(proc)[-3000:]
+    changes = recap(proc)
+    for name, host in all_hosts().items():
+        report(f"plain converge after the failure on {name}: changed={changes[name][0]} serving={serving(host)} "
+               f"deploy log lines {before[name]['log']} -> {len(log_lines(host))}")
+        assert changes[name] == (0, 0)
+        assert serving(host) == before[name]["serving"]
+        assert main_pid(host, serving(host)[0]) == before[name]["pid"]
+        assert len(log_lines(host)) == before[name]["log"]
+        assert settings_sums(host) == before[name]["sums"]
+
+
+def test_drifted_settings_restart_through_the_gate(settings_drift):
+    proc, loops, before, kinds = settings_drift
+    _report("settings drift", loops)
+    assert proc.returncode == 0, _output(proc)[-3000:]
+    _no_secrets(proc)
+    for name, host in all_hosts().items():
+        loop = loops[name]
+        assert loop["requests"] > 50
+        assert loop["failures"] == 0, loop["errors"]
+        now = serving(host)
+        report(f"settings drift ({kinds[name]}) on {name}: serving {before[name]['serving']} -> {now}, "
+               f"pid {before[name]['pid']} -> {main_pid(host, now[0])}")
+        # A fresh instance took over through the gate.
+        assert len(now) == 1 and now != before[name]["serving"]
+        last = log_lines(host)[-1]
+        assert "action=restart" in last and "source=settings:files" in last and "result=ok" in last
+        # The serving instance's record matches the files on disk, which are the known-good ones.
+        sums = settings_sums(host)
+        assert instance_record(host, now[0]) == {"env": sums["env"], "unit": sums["unit"]}
+        assert "HAND_EDIT" not in host.check_output(f"cat {SETTINGS_FILES['env']}")
+        if kinds[name] == "hand edit":
+            assert sums["env"] != before[name]["sums"]["env"]
+        else:
+            assert sums == before[name]["sums"]
+
+
+def test_rollback_behind_the_schema_is_refused(rollback_refused, first_release):
+    proc, loops, before, unrecorded = rollback_refused
+    _report("rollback refused (schema)", loops)
+    output = _output(proc)
+    assert proc.returncode != 0, "a rollback to a release behind the database's schema must fail"
+    _no_secrets(proc)
+    for name, host in all_hosts().items():
+        loop = loops[name]
+        assert loop["requests"] > 50
+        assert loop["failures"] == 0, loop["errors"]
+        source = "read from the release now" if name in unrecorded else "recorded at build"
+        expected = (f"release {first_release[name]} shipped schema head 0001 ({source}) "
+                    f"but the database is at 0002 (read with current release {before[name]['current']})")
+        report(f"rollback refused on {name}: head 0001 ({source}), database 0002; current stays {current_release(host)}")
+        assert expected in output, output[-3000:]
+        assert "app_service_rollback_allow_schema_mismatch: true" in output
+        assert current_release(host) == before[name]["current"]
+        assert serving(host) == before[name]["serving"]
+        assert main_pid(host, serving(host)[0]) == before[name]["pid"]
+        assert len(log_lines(host)) == before[name]["log"]
+
+
+def test_rollback_guard_in_check_mode_and_through_include_role_vars(rollback_check_mode, first_release):
+    refused, allowed, before = rollback_check_mode
+    assert refused.returncode != 0, "check mode must refuse the same rollback"
+    assert "shipped schema head 0001" in _output(refused) and "the database is at 0002" in _output(refused)
+    # include_role vars: a release id and the mismatch allowed, as a fleet redeploy passes them.
+    assert allowed.returncode == 0, _output(allowed)[-3000:]
+    changes = recap(allowed)
+    for name, host in all_hosts().items():
+        assert f"Would roll back from {before[name]['current']} to {first_release[name]}" in _output(allowed)
+        report(f"rollback --check on {name}: refused without the flag; with include_role vars "
+               f"changed={changes[name][0]} (report only), current stays {current_release(host)}")
+        assert current_release(host) == before[name]["current"]
+        assert len(log_lines(host)) == before[name]["log"]
+    assert "app_service_rollback_allow_schema_mismatch is true" in _output(allowed)
 
 
 def test_rollback_to_previous_release(rollback, first_release):
     proc, loops = rollback
-    _report("rollback", loops)
+    _report("rollback (schema mismatch allowed)", loops)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for name, host in all_hosts().items():
         loop = loops[name]
@@ -88,4 +202,10 @@ def test_rollback_to_previous_release(rollback, first_release):
         status, body = get(host, f"{PROXY}/health")
         assert status == 200 and body["release"] == first_release[name]
         last = host.check_output(f"tail -n1 /var/log/{APP}-deploy.log")
-        assert "action=rollback" in last and "result=ok" in last
+        assert "action=rollback" in last and "result=ok" in last and "revision=0002" in last
+        # The known-good copies now are the files the rolled-back instance started with.
+        sums = settings_sums(host)
+        copies = {n: s for n, s in zip(SETTINGS_FILES, host.check_output(
+            f"sha256sum {' '.join(f'{KNOWN_GOOD}/{n}' for n in SETTINGS_FILES)}").split()[::2])}
+        assert copies == sums
+        assert instance_record(host, serving(host)[0]) == {"env": sums["env"], "unit": sums["unit"]}

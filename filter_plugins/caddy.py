@@ -3,8 +3,11 @@
 ``caddy_sites_validate`` checks a ``caddy_sites`` list and returns it
 normalised (every default filled in); ``caddy_sites_render`` turns it into the
 site blocks of a Caddyfile; ``caddy_admin_validate`` checks the admin API
-address. Errors raise AnsibleFilterError naming ``caddy_sites[i]`` (and the
-route) and the problem.
+address; ``caddy_listen_check`` catches listener/admin port collisions that
+``caddy validate`` cannot see (it binds no port). Errors raise
+AnsibleFilterError naming ``caddy_sites[i]`` (and the route) or the variable,
+and the problem. ``caddy_error_lines`` picks Caddy's and systemd's error lines
+out of a journal excerpt for a failed reload or restart.
 
 The FilterModule at the bottom is a thin map from filter names to the plain
 functions above it; tests in tests/unit call the functions directly.
@@ -13,6 +16,7 @@ functions above it; tests in tests/unit call the functions directly.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -543,6 +547,103 @@ def caddy_admin_validate(address: Any, var: str = "caddy_admin") -> str:
     return text
 
 
+def caddy_listen_check(sites: Any, http_port: Any = 80, https_port: Any = 443,
+                       admin: Any = "unix//run/caddy/admin.sock",
+                       var: str = "caddy_sites") -> list[int]:
+    """Return the TCP ports Caddy listens on, refusing collisions with the admin API.
+
+    The listeners are ``http_port``, ``https_port`` and every explicit port in
+    the site addresses. A loopback admin address (``localhost:2019``) on one of
+    those ports would only fail when Caddy binds it (at reload or start, never
+    in ``caddy validate``), so it is refused here, naming both variables.
+    """
+    ports: dict[int, str] = {}
+    for port, name in ((http_port, "caddy_http_port"), (https_port, "caddy_https_port")):
+        if isinstance(port, bool) or not str(port).strip().isdigit() or not 1 <= int(port) <= 65535:
+            _fail(name, f"{port!r} is not a port between 1 and 65535")
+        ports.setdefault(int(port), name)
+    for index, site in enumerate(caddy_sites_validate(sites, var=var)):
+        for label in site["labels"]:
+            _, _, tail = label.removeprefix("http://").rpartition(":")
+            if tail.isdigit():
+                ports.setdefault(int(tail), f"{var}[{index}] address {label!r}")
+    admin_text = caddy_admin_validate(admin)
+    if not admin_text.startswith("unix//"):
+        admin_port = int(admin_text.rpartition(":")[2])
+        if admin_port in ports:
+            _fail("caddy_admin", f"{admin_text!r} uses port {admin_port}, which Caddy also listens on "
+                                 f"for {ports[admin_port]}; pick another admin port or a unix socket")
+    return sorted(ports)
+
+
+def caddy_changed_files(checksum_lines: Any, files: Any) -> list[str]:
+    """Names of the files whose live copy differs from the known-good copy.
+
+    ``checksum_lines`` is ``sha256sum`` output (``<hex>  <path>`` per line;
+    files it could not read are absent); ``files`` is a list of mappings with
+    ``name``, ``live`` and ``good`` paths. A missing live file or a missing
+    known-good copy counts as a difference. The order of ``files`` is kept.
+    """
+    if isinstance(checksum_lines, str):
+        checksum_lines = checksum_lines.splitlines()
+    if not isinstance(checksum_lines, Sequence):
+        raise AnsibleFilterError(
+            f"caddy_changed_files: expects sha256sum output lines, got {type(checksum_lines).__name__}")
+    sums: dict[str, str] = {}
+    for line in checksum_lines:
+        digest, sep, path = str(line).partition("  ")
+        if sep and digest:
+            sums[path.strip()] = digest
+    if isinstance(files, (str, Mapping)) or not isinstance(files, Sequence):
+        raise AnsibleFilterError("caddy_changed_files: expects a list of {name, live, good} mappings")
+    out = []
+    for item in files:
+        if not isinstance(item, Mapping) or not all(k in item for k in ("name", "live", "good")):
+            raise AnsibleFilterError(f"caddy_changed_files: {item!r} needs name, live and good")
+        if sums.get(str(item["live"]), "no live file") != sums.get(str(item["good"]), "no known-good copy"):
+            out.append(str(item["name"]))
+    return out
+
+
+_SYSTEMD_ERROR_RE = re.compile(r"(Failed|failed|exited, code=|status=\d|timed out|Killing)")
+
+
+def caddy_error_lines(text: Any, limit: int = 8) -> list[str]:
+    """The lines that explain a failed Caddy reload or start, oldest first.
+
+    ``text`` is command output or ``journalctl -o cat`` output, or a list of
+    such texts (read in order, e.g. a command's stderr then the journal): Caddy's JSON
+    log lines (kept when their level is error, fatal or panic, as
+    ``msg: error``), the CLI's ``Error: ...`` lines and systemd's lines about
+    the unit failing. Repeats are dropped; at most the last ``limit`` lines are
+    returned.
+    """
+    if text is None:
+        return []
+    if not isinstance(text, str) and isinstance(text, Sequence):
+        text = "\n".join("" if part is None else str(part) for part in text)
+    if not isinstance(text, str):
+        raise AnsibleFilterError(f"caddy_error_lines: expects text or a list of texts, got {type(text).__name__}")
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        picked = None
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", "panic"):
+                picked = str(entry.get("msg", "")).strip()
+                if entry.get("error"):
+                    picked = f"{picked}: {entry['error']}" if picked else str(entry["error"])
+        elif line.startswith("Error:") or _SYSTEMD_ERROR_RE.search(line):
+            picked = line
+        if picked and picked not in out:
+            out.append(picked)
+    return out[-max(1, int(limit)):]
+
+
 class FilterModule:
     """Ansible filter map for the caddy role."""
 
@@ -552,4 +653,7 @@ class FilterModule:
             "caddy_sites_render": caddy_sites_render,
             "caddy_admin_validate": caddy_admin_validate,
             "caddy_quote": caddy_quote,
+            "caddy_listen_check": caddy_listen_check,
+            "caddy_error_lines": caddy_error_lines,
+            "caddy_changed_files": caddy_changed_files,
         }

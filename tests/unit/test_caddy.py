@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_p
 
 import caddy  # noqa: E402  (filter_plugins is not a package)
 from caddy import (  # noqa: E402
-    AnsibleFilterError, caddy_admin_validate, caddy_quote, caddy_sites_render, caddy_sites_validate,
+    AnsibleFilterError, caddy_admin_validate, caddy_changed_files, caddy_error_lines, caddy_listen_check,
+    caddy_quote, caddy_sites_render, caddy_sites_validate,
 )
 
 PROXY_SITE = {
@@ -263,3 +264,108 @@ def test_error_names_the_right_site():
         caddy_sites_validate([PROXY_SITE, bad])
     with pytest.raises(AnsibleFilterError, match=r"^web_sites\[0\]"):
         caddy_sites_validate([{"address": "x.example"}], var="web_sites")
+
+
+# ---------------------------------------------------------------- listener ports vs the admin API
+
+def test_listen_ports_are_the_global_and_explicit_site_ports():
+    sites = [PROXY_SITE, {"address": ":8080", "routes": [{"redirect": {"to": "/"}}]},
+             {"address": "b.example", "aliases": ["c.example:8443"], "routes": [{"redirect": {"to": "/"}}]}]
+    assert caddy_listen_check(sites, 80, 443, "unix//run/caddy/admin.sock") == [80, 443, 8080, 8443]
+    assert caddy_listen_check([], "8080", "8443", "localhost:2019") == [8080, 8443]
+
+
+@pytest.mark.parametrize("admin, http_port, https_port, sites, message", [
+    ("localhost:443", 80, 443, [], r"^caddy_admin: 'localhost:443' uses port 443, .* for caddy_https_port"),
+    ("127.0.0.1:8080", 8080, 8443, [], r"^caddy_admin: .* port 8080, .* for caddy_http_port"),
+    ("[::1]:2019", 80, 443, [{"address": ":2019", "routes": [{"redirect": {"to": "/"}}]}],
+     r"^caddy_admin: .* port 2019, .* for caddy_sites\[0\] address ':2019'"),
+    ("unix//run/caddy/admin.sock", 0, 443, [], r"^caddy_http_port: 0 is not a port"),
+    ("unix//run/caddy/admin.sock", 80, "x", [], r"^caddy_https_port: 'x' is not a port"),
+    ("0.0.0.0:2019", 80, 443, [], r"^caddy_admin: .* must bind to localhost"),
+])
+def test_listen_check_refuses_collisions_and_bad_ports(admin, http_port, https_port, sites, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        caddy_listen_check(sites, http_port, https_port, admin)
+
+
+def test_listen_check_names_the_bad_site():
+    with pytest.raises(AnsibleFilterError, match=r"^caddy_sites\[0\]"):
+        caddy_listen_check([{"address": "x.example"}], 80, 443, "unix//run/caddy/admin.sock")
+
+
+# ---------------------------------------------------------------- Caddy's error lines
+
+RELOAD_STDERR = (
+    '{"level":"info","ts":1.5,"msg":"using provided configuration","config_file":"/etc/caddy/Caddyfile"}\n'
+    'Error: sending configuration to instance: caddy responded with error: HTTP 400: '
+    '{"error":"loading config: loading new config: http app module: start: listening on :9443: '
+    'listen tcp :9443: bind: address already in use"}\n'
+)
+JOURNAL = (
+    '{"level":"info","ts":1.6,"logger":"admin.api","msg":"received request","uri":"/load"}\n'
+    '{"level":"warn","ts":1.7,"logger":"tls","msg":"stapling OCSP","error":"no OCSP server"}\n'
+    '{"level":"error","ts":1.8,"logger":"admin.api","msg":"request error",'
+    '"error":"loading config: bind: address already in use","status_code":400}\n'
+    "Stopping caddy.service - Caddy...\n"
+    "caddy.service: Deactivated successfully.\n"
+    "caddy.service: Failed to set up mount namespacing: /srv/missing: No such file or directory\n"
+    "caddy.service: Main process exited, code=exited, status=226/NAMESPACE\n"
+    "caddy.service: Main process exited, code=exited, status=226/NAMESPACE\n"
+)
+
+
+def test_error_lines_keep_caddy_errors_and_systemd_failures_only():
+    lines = caddy_error_lines([RELOAD_STDERR, JOURNAL], limit=10)
+    assert lines == [
+        'Error: sending configuration to instance: caddy responded with error: HTTP 400: '
+        '{"error":"loading config: loading new config: http app module: start: listening on :9443: '
+        'listen tcp :9443: bind: address already in use"}',
+        "request error: loading config: bind: address already in use",
+        "caddy.service: Failed to set up mount namespacing: /srv/missing: No such file or directory",
+        "caddy.service: Main process exited, code=exited, status=226/NAMESPACE",
+    ]
+
+
+def test_error_lines_limit_keeps_the_latest():
+    assert caddy_error_lines(JOURNAL, limit=1) == ["caddy.service: Main process exited, code=exited, status=226/NAMESPACE"]
+    assert caddy_error_lines(None) == [] and caddy_error_lines("") == []
+    assert caddy_error_lines(["all is well", None]) == []
+
+
+def test_error_lines_bad_input():
+    with pytest.raises(AnsibleFilterError, match="expects text"):
+        caddy_error_lines(42)
+
+
+# ---------------------------------------------------------------- live files vs known-good copies
+
+FILES = [
+    {"name": "Caddyfile", "live": "/etc/caddy/Caddyfile", "good": "/etc/caddy/Caddyfile.good"},
+    {"name": "drop-in", "live": "/etc/d/10.conf", "good": "/etc/caddy/known-good/10.conf"},
+    {"name": "environment file", "live": "/etc/caddy/caddy.env", "good": "/etc/caddy/known-good/caddy.env"},
+]
+
+
+def test_changed_files_compares_live_and_good_checksums():
+    out = ["aaa  /etc/caddy/Caddyfile", "bbb  /etc/d/10.conf", "ccc  /etc/caddy/caddy.env",
+           "aaa  /etc/caddy/Caddyfile.good", "xxx  /etc/caddy/known-good/10.conf", "ccc  /etc/caddy/known-good/caddy.env"]
+    assert caddy_changed_files(out, FILES) == ["drop-in"]
+    assert caddy_changed_files("\n".join(out), FILES) == ["drop-in"]
+
+
+def test_changed_files_missing_copies_or_live_files_differ():
+    # No known-good copies yet (sha256sum reported only the live files).
+    out = ["aaa  /etc/caddy/Caddyfile", "bbb  /etc/d/10.conf", "ccc  /etc/caddy/caddy.env"]
+    assert caddy_changed_files(out, FILES) == ["Caddyfile", "drop-in", "environment file"]
+    # Neither exists: still a difference, never "equal because both missing".
+    assert caddy_changed_files([], FILES[:1]) == ["Caddyfile"]
+
+
+def test_changed_files_bad_input():
+    with pytest.raises(AnsibleFilterError, match="needs name, live and good"):
+        caddy_changed_files([], [{"name": "x"}])
+    with pytest.raises(AnsibleFilterError, match="expects a list"):
+        caddy_changed_files([], {"name": "x"})
+    with pytest.raises(AnsibleFilterError, match="expects sha256sum output"):
+        caddy_changed_files(42, FILES)

@@ -1,5 +1,6 @@
 """Behaviour of the caddy role, proven from outside the proxy (curl inside the container)."""
 
+import json
 import re
 import shlex
 
@@ -151,3 +152,27 @@ def test_access_log_written(host):
     log = host.file("/var/log/caddy/access-www.test.log")
     assert log.exists and log.user == "caddy"
     assert '"uri":"/logged"' in log.content_string
+
+
+def test_known_good_copies_match_the_live_files_and_keep_secrets_private(host):
+    """After converge, side_effect and healing: the known-good copies are the live files."""
+    live, good = host.file("/etc/caddy/Caddyfile"), host.file("/etc/caddy/Caddyfile.good")
+    assert good.sha256sum == live.sha256sum
+    assert (good.user, good.group, good.mode) == (live.user, live.group, live.mode) == ("root", "caddy", 0o640)
+    directory = host.file("/etc/caddy/known-good")
+    assert directory.is_directory and directory.user == "root" and directory.mode == 0o700
+    for name, live_path in (("10-ansible.conf", "/etc/systemd/system/caddy.service.d/10-ansible.conf"),
+                            ("caddy.env", "/etc/caddy/caddy.env")):
+        copy = host.file(f"/etc/caddy/known-good/{name}")
+        assert copy.sha256sum == host.file(live_path).sha256sum, name
+        assert (copy.user, copy.group, copy.mode) == ("root", "root", 0o600), name
+    # The caddy user (and anyone but root) cannot read the copy of the secrets.
+    assert host.run("runuser -u caddy -- cat /etc/caddy/known-good/caddy.env").rc != 0
+    raw = host.file("/etc/caddy/known-good/settings.json").content_string
+    record = json.loads(raw)
+    assert record["caddy_https_port"] == 443 and record["caddy_http_port"] == 80
+    assert [site["address"] for site in record["caddy_sites"]] == ["api.test", "www.test"]
+    assert record["caddy_environment"]["CADDY_TEST_TOKEN"].startswith("sha256:")
+    assert "not-a-real-secret" not in raw
+    print(f"\n[caddy known-good] {host.backend.hostname}: Caddyfile.good sha256 {good.sha256sum} = live; "
+          f"record of {len(record)} settings, CADDY_TEST_TOKEN as {record['caddy_environment']['CADDY_TEST_TOKEN']}")

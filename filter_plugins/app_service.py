@@ -176,6 +176,43 @@ def revisions(text: Any, var: str = "app_service_revision_command") -> list[str]
     return sorted(found)
 
 
+_PLACEHOLDER_RE = re.compile(r"\{(host|port)\}")
+
+
+def exec_line(argv: Any, var: str = "app_service_web_command", host: Any = None, port: Any = None) -> str:
+    """A systemd ExecStart= value from an argument list.
+
+    Each argument is escaped for systemd: ``%`` becomes ``%%`` and ``$``
+    becomes ``$$`` (no specifier or variable expansion of the app's own
+    arguments), an argument with whitespace, quotes or backslashes is
+    double-quoted. ``{host}`` and ``{port}`` are replaced by ``host`` and
+    ``port`` after escaping, so ``port="%i"`` gives the instance name.
+    """
+    if not isinstance(argv, (list, tuple)) or not argv:
+        raise AnsibleFilterError(f"{var}: must be a non-empty list of arguments, got {argv!r}")
+    out = []
+    for index, arg in enumerate(argv):
+        if isinstance(arg, (Mapping, list, tuple)) or arg is None:
+            raise AnsibleFilterError(f"{var}[{index}]: must be a string or number, got {arg!r}")
+        text = str(arg)
+        if text == "" or any(c in text for c in "\n\r\x00"):
+            raise AnsibleFilterError(f"{var}[{index}]: must be a non-empty single-line string")
+        text = text.replace("%", "%%").replace("$", "$$")
+        values = {"host": host, "port": port}
+
+        def _fill(match: "re.Match[str]") -> str:
+            value = values[match.group(1)]
+            if value is None:
+                raise AnsibleFilterError(f"{var}[{index}]: {{{match.group(1)}}} has no value here")
+            return str(value)
+
+        text = _PLACEHOLDER_RE.sub(_fill, text)
+        if any(c.isspace() for c in text) or any(c in text for c in "\"'\\;"):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out.append(text)
+    return " ".join(out)
+
+
 class FilterModule:
     """Ansible filter map for the app_service role."""
 
@@ -185,4 +222,5 @@ class FilterModule:
             "app_service_release_plan": release_plan,
             "app_service_env_file": env_file,
             "app_service_revisions": revisions,
+            "app_service_exec_line": exec_line,
         }

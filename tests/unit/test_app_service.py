@@ -126,7 +126,7 @@ def test_env_file_refuses_bad_input_naming_the_variable(env):
 def test_filter_module_maps_names():
     names = flt.FilterModule().filters()
     assert set(names) == {"app_service_pick_slots", "app_service_release_plan", "app_service_env_file",
-                          "app_service_revisions"}
+                          "app_service_revisions", "app_service_exec_line"}
 
 
 # ------------------------------------------------------------------- revisions
@@ -300,3 +300,27 @@ def test_missing_source_fails_naming_the_variable(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="app_service_source_path"):
         pack.walk(str(tmp_path / "empty"), [])
+
+
+# --- exec_line: systemd ExecStart= from an argument list -------------------------------
+
+def test_exec_line_fills_placeholders_after_escaping():
+    line = flt.exec_line(["/usr/bin/env", "uvicorn", "--host", "{host}", "--port", "{port}"],
+                                 host="127.0.0.1", port="%i")
+    assert line == "/usr/bin/env uvicorn --host 127.0.0.1 --port %i"
+
+
+def test_exec_line_escapes_specifiers_variables_and_spaces():
+    line = flt.exec_line(["node", "50%", "$HOME", "a b", 'q"t', ";"])
+    assert line == 'node 50%% $$HOME "a b" "q\\"t" ";"'
+
+
+@pytest.mark.parametrize("argv", [[], "uvicorn app:app", [""], ["a", None], ["a", ["b"]], ["a\nb"]])
+def test_exec_line_refuses_bad_commands_naming_the_variable(argv):
+    with pytest.raises(AnsibleFilterError, match="app_service_processes.worker.command"):
+        flt.exec_line(argv, var="app_service_processes.worker.command")
+
+
+def test_exec_line_refuses_a_placeholder_without_a_value():
+    with pytest.raises(AnsibleFilterError, match=r"\{port\}"):
+        flt.exec_line(["worker", "--port", "{port}"], var="app_service_processes.worker.command")

@@ -30,13 +30,14 @@ except ImportError:  # pragma: no cover - only without ansible installed
 
 SITE_KEYS = ("address", "aliases", "tls", "tls_cert", "tls_key", "encode", "security_headers",
              "hsts", "headers", "access_log", "routes", "raw")
-ROUTE_KEYS = ("path", "strip_prefix", "reverse_proxy", "file_server", "redirect")
-HANDLERS = ("reverse_proxy", "file_server", "redirect")
+ROUTE_KEYS = ("path", "strip_prefix", "reverse_proxy", "file_server", "redirect", "respond")
+HANDLERS = ("reverse_proxy", "file_server", "redirect", "respond")
 PROXY_KEYS = ("upstreams", "lb_policy", "lb_try_duration", "lb_try_interval", "health_uri",
               "health_interval", "health_timeout", "health_status", "fail_duration",
               "headers_up", "transport_tls")
 FILE_SERVER_KEYS = ("root", "cache_control", "browse", "precompressed")
 REDIRECT_KEYS = ("to", "code")
+RESPOND_KEYS = ("status", "body", "headers")
 TLS_MODES = ("acme", "internal", "files", "off")
 LB_POLICIES = ("random", "round_robin", "least_conn", "first", "ip_hash", "uri_hash",
                "client_ip_hash")
@@ -272,6 +273,18 @@ def _route(route: Any, where: str) -> dict[str, Any]:
             "precompressed": bool(spec.get("precompressed", False)),
         }
         caddy_quote(norm["files"]["root"])
+    elif kind == "respond":
+        _check_keys(spec, RESPOND_KEYS, f"{where}.respond")
+        status = spec.get("status", 200)
+        if not re.fullmatch(r"[1-5]\d\d", str(status)):
+            _fail(where, f"respond 'status' {status!r} must be an HTTP status code like 503")
+        body = spec.get("body", "")
+        if not isinstance(body, str) or "\n" in body or "\r" in body:
+            _fail(where, "respond 'body' must be a single-line string")
+        norm["respond"] = {"status": int(status), "body": body,
+                           "headers": _headers(spec.get("headers"), where, "respond.headers")}
+        if body:
+            caddy_quote(body)
     else:
         _check_keys(spec, REDIRECT_KEYS, f"{where}.redirect")
         target = spec.get("to")
@@ -453,6 +466,12 @@ def _render_route(route: dict[str, Any], index: int, matchers: list[str]) -> lis
         body.append(f"root * {caddy_quote(files['root'])}")
         flags = [f for f in ("browse", "precompressed") if files[f]]
         body.append(" ".join(["file_server", *flags]))
+    elif route["kind"] == "respond":
+        respond = route["respond"]
+        for name, val in respond["headers"].items():
+            body.append(f"header -{name}" if val is None else f"header {name} {caddy_quote(val)}")
+        text = f" {caddy_quote(respond['body'])}" if respond["body"] else ""
+        body.append(f"respond *{text} {respond['status']}")
     else:
         redirect = route["redirect"]
         body.append(f"redir * {caddy_quote(redirect['to'])} {redirect['code']}")

@@ -20,6 +20,7 @@ plain dicts for ``hostvars``.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -139,12 +140,13 @@ def _ports_of(hostvars: Any, host: str, default_ports: Any) -> list[int]:
     return _ports(default_ports, "stack_app_ports")
 
 
-def caddy_upstreams(hostvars: Any, groups: Any, me: str, default_ports: Any) -> list[str]:
+def caddy_upstreams(hostvars: Any, groups: Any, me: str, default_ports: Any, fixed: bool = False) -> list[str]:
     """Every instance of every app host, as Caddy on ``me`` reaches it.
 
     ``default_ports`` is used for app hosts whose variables set neither
     app_service_ports nor stack_app_ports (normally the web host's own
-    effective stack_app_ports).
+    effective stack_app_ports); with ``fixed`` (an app of stack_apps) it is
+    used for every app host.
     """
     out = []
     for host in _group(groups, "app"):
@@ -153,7 +155,8 @@ def caddy_upstreams(hostvars: Any, groups: Any, me: str, default_ports: Any) -> 
             raise AnsibleFilterError(
                 f"app_service_bind_address: the app on {host} listens on loopback only, so Caddy on {me} "
                 f"cannot reach it; bind it to {host}'s private address")
-        for port in _ports_of(hostvars, host, default_ports):
+        ports = _ports(default_ports, "stack_apps ports") if fixed else _ports_of(hostvars, host, default_ports)
+        for port in ports:
             address = f"[{bind}]" if ":" in bind else bind
             out.append(f"{address}:{port}")
     return out
@@ -224,6 +227,196 @@ def firewall_rules(hostvars: Any, groups: Any, me: str, db_port: Any, app_ports:
     return rules
 
 
+# ------------------------------------------------------------------ the apps
+
+APP_RUNTIMES = ("python", "node")
+APP_SOURCE_TYPES = ("dir", "archive", "git")
+APP_EGRESS = ("open", "allowlist", "localhost")
+# Every key an app of stack_apps may set, with its default (None: required or
+# taken from the stack-level defaults passed in).
+APP_DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "route": "/*",
+    "ports": None,
+    "runtime": "python",
+    "health_path": None,
+    "deep_health_path": "",
+    "source_type": "dir",
+    "source_path": "",
+    "git_repo": "",
+    "git_ref": "main",
+    "web_command": [],
+    "asgi_app": "app.main:app",
+    "processes": [],
+    "timers": [],
+    "environment": {},
+    "database": True,
+    "db_url_env": "DATABASE_URL",
+    "migrate_command": [],
+    "revision_command": None,
+    "schema_head_command": None,
+    "hooks_before_switch": [],
+    "hooks_after_switch": [],
+    "require_lock": False,
+    "egress": None,
+    "exec_wrapper": None,
+}
+_APP_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+_ROUTE_RE = re.compile(r"^/([A-Za-z0-9._~-]+/)*\*$")
+
+
+def _alembic_default(migrate: list[str], args: list[str]) -> list[str]:
+    """The Alembic command for an app whose migration command is Alembic's, else none."""
+    return list(args) if [str(a) for a in migrate[:1]] == ["alembic"] else []
+
+
+def _command(value: Any, where: str, allow_empty: bool = True) -> list[str]:
+    if not isinstance(value, (list, tuple)) or isinstance(value, str):
+        raise AnsibleFilterError(f"{where}: must be a list of arguments, got {value!r}")
+    if not value and not allow_empty:
+        raise AnsibleFilterError(f"{where}: needs a command (a non-empty list of arguments)")
+    if any(isinstance(a, (Mapping, list, tuple)) or a is None or str(a) == "" for a in value):
+        raise AnsibleFilterError(f"{where}: every argument must be a non-empty string, got {value!r}")
+    return [str(a) for a in value]
+
+
+def apps_plan(apps: Any, legacy: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+              var: str = "stack_apps") -> list[dict[str, Any]]:
+    """The stack's apps, every key filled in and checked.
+
+    ``apps`` is stack_apps (a list); empty means the one app of the
+    stack_app_* inputs, given as ``legacy`` (marked ``legacy: true``: the
+    playbooks deploy it with the wiring as before). ``defaults`` holds the
+    stack-level defaults of health_path, egress and exec_wrapper.
+    """
+    defaults = dict(defaults or {})
+    if apps in (None, "") or (isinstance(apps, (list, tuple)) and not apps):
+        app = dict(legacy)
+        app.setdefault("route", "/*")
+        planned = _plan_app(app, defaults, "stack_app_*")
+        planned["legacy"] = True
+        return [planned]
+    if not isinstance(apps, (list, tuple)):
+        raise AnsibleFilterError(f"{var}: must be a list of apps, got {type(apps).__name__}")
+    plan: list[dict[str, Any]] = []
+    for index, app in enumerate(apps):
+        where = f"{var}[{index}]"
+        if not isinstance(app, Mapping):
+            raise AnsibleFilterError(f"{where}: must be a mapping with at least name and ports")
+        unknown = sorted(set(map(str, app)) - set(APP_DEFAULTS))
+        if unknown:
+            raise AnsibleFilterError(f"{where}: unknown keys {', '.join(unknown)} "
+                                     f"(known: {', '.join(APP_DEFAULTS)})")
+        planned = _plan_app(app, defaults, where)
+        for other_index, other in enumerate(plan):
+            other_where = f"{var}[{other_index}] ({other['name']})"
+            if other["name"] == planned["name"]:
+                raise AnsibleFilterError(f"{where}.name: {planned['name']!r} is used by {other_where} too")
+            if other["route"] == planned["route"]:
+                raise AnsibleFilterError(
+                    f"{where}.route: {planned['route']!r} is claimed by {other_where} too; "
+                    "each app needs a route of its own (e.g. /api/* and /*)")
+            shared = sorted(set(other["ports"]) & set(planned["ports"]))
+            if shared:
+                raise AnsibleFilterError(f"{where}.ports: {shared} already used by {other_where}")
+        planned["legacy"] = False
+        plan.append(planned)
+    return plan
+
+
+def _plan_app(app: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, default in APP_DEFAULTS.items():
+        value = app.get(key)
+        if value is None:
+            value = defaults.get(key) if default is None else default
+        out[key] = value
+    name = out["name"]
+    if not isinstance(name, str) or not _APP_NAME_RE.match(name):
+        raise AnsibleFilterError(f"{where}.name: must match ^[a-z][a-z0-9_-]*$ (at most 31 characters), got {name!r}")
+    out["ports"] = _ports(out["ports"], f"{where}.ports")
+    if len(out["ports"]) != 2 or len(set(out["ports"])) != 2:
+        raise AnsibleFilterError(f"{where}.ports: must be two distinct ports (blue/green), got {out['ports']}")
+    route = str(out["route"])
+    if not _ROUTE_RE.match(route):
+        raise AnsibleFilterError(f"{where}.route: must be /* or a prefix like /api/*, got {route!r}")
+    out["route"] = route
+    if out["runtime"] not in APP_RUNTIMES:
+        raise AnsibleFilterError(f"{where}.runtime: must be one of {', '.join(APP_RUNTIMES)}, got {out['runtime']!r}")
+    if out["source_type"] not in APP_SOURCE_TYPES:
+        raise AnsibleFilterError(
+            f"{where}.source_type: must be one of {', '.join(APP_SOURCE_TYPES)}, got {out['source_type']!r}")
+    if out["egress"] not in APP_EGRESS:
+        raise AnsibleFilterError(f"{where}.egress: must be one of {', '.join(APP_EGRESS)}, got {out['egress']!r}")
+    for key in ("health_path", "deep_health_path"):
+        path = str(out[key] or "")
+        if (path or key == "health_path") and not path.startswith("/"):
+            raise AnsibleFilterError(f"{where}.{key}: must be a path starting with /, got {path!r}")
+        out[key] = path
+    for key in ("web_command", "migrate_command", "exec_wrapper"):
+        out[key] = _command(out[key], f"{where}.{key}")
+    for key, args in (("revision_command", ["alembic", "current"]), ("schema_head_command", ["alembic", "heads"])):
+        value = app.get(key)
+        out[key] = _alembic_default(out["migrate_command"], args) if value is None else _command(value, f"{where}.{key}")
+    for key in ("hooks_before_switch", "hooks_after_switch"):
+        if not isinstance(out[key], (list, tuple)):
+            raise AnsibleFilterError(f"{where}.{key}: must be a list of commands")
+        out[key] = [_command(c, f"{where}.{key}[{i}]", allow_empty=False) for i, c in enumerate(out[key])]
+    for key in ("processes", "timers"):
+        items = out[key]
+        if not isinstance(items, (list, tuple)):
+            raise AnsibleFilterError(f"{where}.{key}: must be a list")
+        for i, item in enumerate(items):
+            if not isinstance(item, Mapping) or not item.get("name"):
+                raise AnsibleFilterError(f"{where}.{key}[{i}]: needs a name")
+            _command(item.get("command"), f"{where}.{key}[{i}].command", allow_empty=False)
+            if key == "timers" and not item.get("on_calendar"):
+                raise AnsibleFilterError(f"{where}.{key}[{i}].on_calendar: needs a calendar event (e.g. daily)")
+        names = [str(item["name"]) for item in items]
+        if len(set(names)) != len(names):
+            raise AnsibleFilterError(f"{where}.{key}: names must be unique, got {names}")
+    if not isinstance(out["environment"], Mapping):
+        raise AnsibleFilterError(f"{where}.environment: must be a mapping of NAME: value")
+    out["database"] = bool(out["database"])
+    out["require_lock"] = bool(out["require_lock"])
+    return out
+
+
+def _route_sort_key(app: Mapping[str, Any]) -> tuple[int, str]:
+    """Longer prefixes first, the catch-all /* last (Caddy tries routes in order)."""
+    return (-len(app["route"]), app["route"])
+
+
+def app_routes(hostvars: Any, groups: Any, me: str, plan: Any, maintenance: Any = False,
+               retry_after: Any = 300, page: str = "") -> list[dict[str, Any]]:
+    """Caddy routes (caddy_sites[].routes format) for every app of ``plan``.
+
+    Each app gets its route proxied to every instance of every app host, with
+    Caddy's active health checks on the app's health path. In maintenance,
+    only the apps' health paths are proxied and everything else answers 503
+    with Retry-After and ``page``.
+    """
+    routes: list[dict[str, Any]] = []
+    apps = sorted(plan, key=_route_sort_key)
+    for app in apps:
+        upstreams = caddy_upstreams(hostvars, groups, me, app["ports"], fixed=not app.get("legacy"))
+        proxy = {"upstreams": upstreams, "health_uri": app["health_path"], "health_interval": "1s",
+                 "health_timeout": "1s", "lb_try_duration": "10s", "lb_try_interval": "250ms"}
+        route: dict[str, Any] = {"reverse_proxy": proxy}
+        if maintenance:
+            route["path"] = sorted({app["health_path"]} | ({app["deep_health_path"]} - {""}))
+        elif app["route"] != "/*":
+            route["path"] = app["route"]
+        routes.append(route)
+    if maintenance:
+        routes.append({"respond": {"status": 503, "body": page or "Down for maintenance",
+                                   "headers": {"Retry-After": str(int(retry_after)),
+                                               "Content-Type": "text/html; charset=utf-8",
+                                               "Cache-Control": "no-store"}}})
+    return routes
+
+
+
 class FilterModule:
     """Stack topology filters."""
 
@@ -237,4 +430,6 @@ class FilterModule:
             "stack_listen_addresses": listen_addresses,
             "stack_hba_entries": hba_entries,
             "stack_firewall_rules": firewall_rules,
+            "stack_apps_plan": apps_plan,
+            "stack_app_routes": app_routes,
         }

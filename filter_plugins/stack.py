@@ -271,6 +271,8 @@ def _alembic_default(migrate: list[str], args: list[str]) -> list[str]:
 
 
 def _command(value: Any, where: str, allow_empty: bool = True) -> list[str]:
+    if value in (None, "") and not allow_empty:
+        raise AnsibleFilterError(f"{where}: needs a command (a non-empty list of arguments)")
     if not isinstance(value, (list, tuple)) or isinstance(value, str):
         raise AnsibleFilterError(f"{where}: must be a list of arguments, got {value!r}")
     if not value and not allow_empty:
@@ -308,6 +310,9 @@ def apps_plan(apps: Any, legacy: Mapping[str, Any], defaults: Mapping[str, Any] 
             raise AnsibleFilterError(f"{where}: unknown keys {', '.join(unknown)} "
                                      f"(known: {', '.join(APP_DEFAULTS)})")
         planned = _plan_app(app, defaults, where)
+        source_key = "git_repo" if planned["source_type"] == "git" else "source_path"
+        if not planned[source_key]:
+            raise AnsibleFilterError(f"{where}.{source_key}: needed for source_type {planned['source_type']!r}")
         for other_index, other in enumerate(plan):
             other_where = f"{var}[{other_index}] ({other['name']})"
             if other["name"] == planned["name"]:

@@ -32,7 +32,7 @@ RECORDER = """---
 - name: Record what this role's tasks see
   ansible.builtin.copy:
     content: "{{ dict(__names | zip(__names | map('extract', __vals))) | to_json }}"
-    dest: "{{ lookup('ansible.builtin.env', 'PRECEDENCE_OUT') }}/{{ role_name }}.json"
+    dest: "{{ lookup('ansible.builtin.env', 'PRECEDENCE_OUT') }}/{{ role_name }}{{ '-' ~ __stack_app.name if __stack_app is defined else '' }}.json"
     mode: "0600"
   vars:
     __names: "{{ query('ansible.builtin.varnames', '^' ~ role_name ~ '_') }}"
@@ -246,4 +246,68 @@ def test_bad_input_fails_before_any_role_runs(tmp_path, override, message):
     assert proc.returncode != 0, output[-3000:]
     assert message in output, output[-3000:]
     # Every role's body records what it sees: none ran.
+    assert seen == {}, sorted(seen)
+
+
+# --- stack_apps: several apps behind one site ---------------------------------
+
+TWO_APPS = [
+    {"name": "web", "runtime": "node", "ports": [3001, 3002], "route": "/*", "health_path": "/healthz", "source_path": "/nonexistent/web",
+     "web_command": ["npm", "start"], "database": False},
+    {"name": "api", "ports": [8101, 8102], "route": "/api/*", "health_path": "/api/healthz",
+     "source_path": "/nonexistent/api",
+     "web_command": ["uvicorn", "shop.main:create_app", "--factory", "--host", "{host}", "--port", "{port}"],
+     "db_url_env": "SHOP_DSN", "migrate_command": ["python", "-m", "shop.migrate"],
+     "processes": [{"name": "worker", "command": ["python", "-m", "shop.worker"]}]},
+]
+
+
+@pytest.fixture(scope="module")
+def two_apps(tmp_path_factory):
+    """Two apps of stack_apps, an inventory value for every app, maintenance on."""
+    tmp = tmp_path_factory.mktemp("apps")
+    proc, seen = run_site(tmp,
+                          {"group_vars/all/stack.yml": {"stack_apps": TWO_APPS,
+                                                        "stack_maintenance_marker": str(tmp / "maintenance")},
+                           "group_vars/app.yml": {"app_service_health_timeout": 99}},
+                          "-e", "maintenance=on")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    # The switch is remembered for the next run without -e maintenance.
+    assert (tmp / "maintenance").read_text() == "on\n"
+    return seen
+
+
+def test_each_app_of_stack_apps_gets_its_own_settings(two_apps):
+    web, api = two_apps["app_service-web"], two_apps["app_service-api"]
+    assert (web["app_service_name"], web["app_service_runtime"], web["app_service_ports"]) == ("web", "node", [3001, 3002])
+    assert (api["app_service_name"], api["app_service_runtime"], api["app_service_ports"]) == ("api", "python", [8101, 8102])
+    assert web["app_service_db_name"] == "" and api["app_service_db_name"] == "demo_db"
+    assert api["app_service_db_url_env"] == "SHOP_DSN" and api["app_service_processes"][0]["name"] == "worker"
+    assert web["app_service_processes"] == [] and web["app_service_web_command"] == ["npm", "start"]
+    # Not Alembic: no revision or schema head command.
+    assert api["app_service_revision_command"] == [] and api["app_service_schema_head_command"] == []
+    # The inventory's app_service_* values apply to every app.
+    assert web["app_service_health_timeout"] == api["app_service_health_timeout"] == 99
+    assert "app_service" not in two_apps  # the single-app path did not run
+
+
+def test_caddy_routes_each_app_and_maintenance_keeps_the_health_paths(two_apps):
+    routes = two_apps["caddy"]["caddy_sites"][0]["routes"]
+    assert [r.get("path") for r in routes] == [["/api/healthz"], ["/healthz"], None]
+    assert routes[0]["reverse_proxy"]["upstreams"] == ["127.0.0.1:8101", "127.0.0.1:8102"]
+    assert routes[-1]["respond"]["status"] == 503
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"runtime": "ruby"}, "stack_apps[1].runtime"),
+    ({"route": "/*"}, "stack_apps[1].route: '/*' is claimed by stack_apps[0] (web)"),
+    ({"ports": [3001, 8102]}, "stack_apps[1].ports: [3001] already used"),
+    ({"processes": [{"name": "worker"}]}, "stack_apps[1].processes[0].command"),
+])
+def test_bad_apps_fail_before_any_role_runs(tmp_path, change, message):
+    apps = [TWO_APPS[0], {**TWO_APPS[1], **change}]
+    proc, seen = run_site(tmp_path, {"group_vars/all/stack.yml": {"stack_apps": apps}})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert message in output, output[-3000:]
     assert seen == {}, sorted(seen)

@@ -581,8 +581,9 @@ class Runner:
         if as_json:
             print(json.dumps(rows))
         else:
+            width = max((len(row["set"]) for row in rows), default=0)  # tagged names are longer
             for row in rows:
-                print(f"{row['set']}  {row['size']:>14}  {','.join(row['databases'])}")
+                print(f"{row['set']:<{width}}  {row['size']:>14}  {','.join(row['databases'])}")
         return 0
 
     def cmd_status(self) -> int:

@@ -1,5 +1,5 @@
-"""Filters for the backups role: grandfather-father-son retention, backup set
-names and pg_dump compression arguments.
+"""Filters for the backups role: grandfather-father-son retention, tagged
+sets kept apart, backup set names and pg_dump compression arguments.
 
 This file is also shipped to the database hosts (as backups_lib.py beside the
 backup script, through the symlink roles/backups/files/backups_lib.py) so the
@@ -25,9 +25,13 @@ except ImportError:  # on the database host: the backup script has no ansible
         """Stand-in when ansible is not importable."""
 
 
-# A backup set is a directory named after the UTC time its run started.
+# A backup set is a directory named after the UTC time its run started, with
+# the run's tag after a dash for a tagged run (20250310T023000Z-premigration).
+# The time has a fixed width, so names sort in time order.
 SET_NAME_FORMAT = "%Y%m%dT%H%M%SZ"
-SET_NAME_RE = re.compile(r"^\d{8}T\d{6}Z$")
+TAG_PATTERN = "[a-z][a-z0-9-]{0,30}"
+TAG_RE = re.compile(f"^{TAG_PATTERN}$")
+SET_NAME_RE = re.compile(rf"^(\d{{8}}T\d{{6}}Z)(?:-({TAG_PATTERN}))?$")
 RETENTION_KEYS = ("daily", "weekly", "monthly")
 COMPRESSION_METHODS = ("auto", "gzip", "zstd", "none")
 # pg_dump learned --compress=zstd in PostgreSQL 16.
@@ -36,21 +40,39 @@ DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
 MAX_LEVELS = {"gzip": 9, "zstd": 22}
 
 
-def set_name(when: dt.datetime) -> str:
-    """Name of a backup set started at ``when`` (naive values are taken as UTC)."""
+def set_tag(tag: Any, var: str = "backups_tag") -> str:
+    """Check a set tag: '' (an ordinary set) or a name matching ``^[a-z][a-z0-9-]{0,30}$``."""
+    if tag == "":
+        return tag
+    if not isinstance(tag, str) or not TAG_RE.match(tag):
+        raise AnsibleFilterError(f"{var}: {tag!r} is not a tag: it must match ^{TAG_PATTERN}$ "
+                                 "(a lowercase letter, then up to 30 lowercase letters, digits or dashes)")
+    return tag
+
+
+def set_name(when: dt.datetime, tag: str = "") -> str:
+    """Name of a backup set started at ``when`` (naive values are taken as UTC), tagged with ``tag``."""
     if when.tzinfo is not None:
         when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return when.strftime(SET_NAME_FORMAT)
+    name = when.strftime(SET_NAME_FORMAT)
+    return f"{name}-{set_tag(tag)}" if tag else name
+
+
+def split_set_name(name: Any, var: str = "backup set") -> tuple[dt.datetime, str]:
+    """Parse a set name like ``20250310T023000Z(-premigration)`` into (naive UTC datetime, tag or '')."""
+    match = SET_NAME_RE.match(name) if isinstance(name, str) else None
+    if not match:
+        raise AnsibleFilterError(f"{var}: {name!r} is not a backup set name like 20250310T023000Z "
+                                 "or 20250310T023000Z-premigration")
+    try:
+        return dt.datetime.strptime(match.group(1), SET_NAME_FORMAT), match.group(2) or ""
+    except ValueError as exc:
+        raise AnsibleFilterError(f"{var}: {name!r} is not a valid date and time ({exc})") from None
 
 
 def parse_set_name(name: Any, var: str = "backup set") -> dt.datetime:
-    """Parse a set name like ``20250310T023000Z`` into a naive UTC datetime."""
-    if not isinstance(name, str) or not SET_NAME_RE.match(name):
-        raise AnsibleFilterError(f"{var}: {name!r} is not a backup set name like 20250310T023000Z")
-    try:
-        return dt.datetime.strptime(name, SET_NAME_FORMAT)
-    except ValueError as exc:
-        raise AnsibleFilterError(f"{var}: {name!r} is not a valid date and time ({exc})") from None
+    """Parse a set name like ``20250310T023000Z`` (tagged or not) into a naive UTC datetime."""
+    return split_set_name(name, var)[0]
 
 
 def retention_policy(policy: Any, var: str = "backups_retention") -> dict[str, int]:
@@ -75,6 +97,23 @@ def retention_policy(policy: Any, var: str = "backups_retention") -> dict[str, i
     return result
 
 
+def tagged_policy(policy: Any, var: str = "tagged retention") -> dict[str, int]:
+    """Validate a mapping {tag: how many of that tag's newest sets to keep} (counts >= 0).
+
+    The role builds it from backups_keep_premigration.
+    """
+    if not isinstance(policy, Mapping):
+        raise AnsibleFilterError(f"{var}: must be a mapping of tag to a count of sets to keep")
+    result = {}
+    for tag, value in policy.items():
+        set_tag(tag, var)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise AnsibleFilterError(f"{var}: the count of {tag} sets to keep must be a whole number >= 0, "
+                                     f"got {value!r}")
+        result[tag] = value
+    return result
+
+
 def _bucket(when: dt.datetime, period: str) -> tuple[int, ...]:
     if period == "daily":
         return (when.year, when.month, when.day)
@@ -84,23 +123,28 @@ def _bucket(when: dt.datetime, period: str) -> tuple[int, ...]:
     return (when.year, when.month)
 
 
-def retention_keep(names: Iterable[Any], policy: Any, var: str = "backups_retention") -> list[str]:
-    """Grandfather-father-son: the set names to keep, newest first.
+def retention_keep(names: Iterable[Any], policy: Any, var: str = "backups_retention",
+                   tagged: Any = None) -> list[str]:
+    """Grandfather-father-son for untagged sets, newest N per tag: the set names to keep, newest first.
 
-    For each period (daily, weekly by ISO week, monthly) the newest set of
-    each of the last N periods *that have a set* is kept, as borg and restic
-    do, so a pause in backups never ages every set out. The newest set is
-    always kept. Names that are not set names raise AnsibleFilterError rather
-    than being silently deleted or kept.
+    Untagged sets: for each period (daily, weekly by ISO week, monthly) the
+    newest set of each of the last N periods *that have a set* is kept, as
+    borg and restic do, so a pause in backups never ages every set out.
+    Tagged sets never count there: ``tagged`` maps a tag to how many of its
+    newest sets to keep; a tag without a count is never pruned. The newest
+    set of all is always kept. Names that are not set names raise
+    AnsibleFilterError rather than being silently deleted or kept.
     """
     counts = retention_policy(policy, var)
-    parsed = sorted({(parse_set_name(n), str(n)) for n in names}, reverse=True)
+    tag_counts = tagged_policy({} if tagged is None else tagged)
+    parsed = sorted({(*split_set_name(n), str(n)) for n in names}, key=lambda p: (p[0], p[2]), reverse=True)
     if not parsed:
         return []
-    keep = {parsed[0][1]}
+    keep = {parsed[0][2]}
+    untagged = [(when, name) for when, tag, name in parsed if not tag]
     for period, limit in counts.items():
         seen: list[tuple[int, ...]] = []
-        for when, name in parsed:
+        for when, name in untagged:
             bucket = _bucket(when, period)
             if bucket in seen:
                 continue
@@ -108,13 +152,21 @@ def retention_keep(names: Iterable[Any], policy: Any, var: str = "backups_retent
                 break
             seen.append(bucket)
             keep.add(name)
-    return [name for _, name in parsed if name in keep]
+    per_tag: dict[str, int] = {}
+    for _, tag, name in parsed:
+        if tag:
+            per_tag[tag] = per_tag.get(tag, 0) + 1
+            limit = tag_counts.get(tag)
+            if limit is None or per_tag[tag] <= limit:
+                keep.add(name)
+    return [name for _, _, name in parsed if name in keep]
 
 
-def retention_prune(names: Iterable[Any], policy: Any, var: str = "backups_retention") -> list[str]:
-    """The set names the retention policy deletes, oldest first."""
+def retention_prune(names: Iterable[Any], policy: Any, var: str = "backups_retention",
+                    tagged: Any = None) -> list[str]:
+    """The set names the retention policy (and the tagged counts) delete, oldest first."""
     names = [str(n) for n in names]
-    keep = set(retention_keep(names, policy, var))
+    keep = set(retention_keep(names, policy, var, tagged))
     return sorted(n for n in set(names) if n not in keep)
 
 
@@ -154,6 +206,7 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "backups_retention_policy": retention_policy,
+            "backups_set_tag": set_tag,
             "backups_retention_keep": retention_keep,
             "backups_retention_prune": retention_prune,
             "backups_compression_args": compression_args,

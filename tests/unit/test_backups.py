@@ -1,4 +1,4 @@
-"""Unit tests for filter_plugins/backups.py (retention, set names, compression)."""
+"""Unit tests for filter_plugins/backups.py (retention, tagged sets, set names, compression)."""
 
 import datetime as dt
 import os
@@ -24,10 +24,42 @@ def test_set_name_round_trip_and_utc():
     assert backups.parse_set_name("20250310T023000Z") == dt.datetime(2025, 3, 10, 2, 30)
 
 
-@pytest.mark.parametrize("bad", ["", "2025-03-10", "20250310T0230Z", "20251310T023000Z", None, 20250310])
+@pytest.mark.parametrize("bad", ["", "2025-03-10", "20250310T0230Z", "20251310T023000Z", None, 20250310,
+                                 "20250310T023000Z-", "20250310T023000Z-Pre", "20250310T023000Z_premigration",
+                                 "20250310T023000Z-" + "a" * 32])
 def test_parse_set_name_rejects(bad):
     with pytest.raises(AnsibleFilterError, match="backup set"):
         backups.parse_set_name(bad)
+
+
+def test_tagged_set_name_round_trip_and_sort_order():
+    when = dt.datetime(2025, 3, 10, 2, 30)
+    assert backups.set_name(when, "premigration") == "20250310T023000Z-premigration"
+    assert backups.split_set_name("20250310T023000Z-premigration") == (when, "premigration")
+    assert backups.split_set_name("20250310T023000Z") == (when, "")
+    assert backups.parse_set_name("20250310T023000Z-pre-upgrade-2") == when
+    # Fixed-width times first: sorting names sorts sets by time, tagged or not.
+    names = ["20250311T000000Z", "20250310T023000Z-premigration", "20250310T023001Z", "20250309T235959Z-x"]
+    assert sorted(names) == sorted(names, key=backups.parse_set_name)
+
+
+@pytest.mark.parametrize("tag", ["premigration", "a", "pre-upgrade-2", "a" + "b" * 30])
+def test_set_tag_accepts(tag):
+    assert backups.set_tag(tag) == tag
+
+
+def test_set_tag_empty_is_an_ordinary_set():
+    assert backups.set_tag("") == ""
+    assert backups.set_name(dt.datetime(2025, 3, 10, 2, 30), "") == "20250310T023000Z"
+
+
+@pytest.mark.parametrize("bad", ["Premigration", "1st", "-x", "pre_migration", "pre migration", "a" * 32,
+                                 "pre/../x", None, 3])
+def test_set_tag_rejects_naming_the_variable(bad):
+    with pytest.raises(AnsibleFilterError, match=r"^backups_tag: .* must match \^\[a-z\]"):
+        backups.set_tag(bad)
+    with pytest.raises(AnsibleFilterError, match="backups_tag"):
+        backups.set_name(dt.datetime(2025, 3, 10), bad or "X")
 
 
 # ---------------------------------------------------------------- policy
@@ -106,6 +138,77 @@ def test_empty_list():
     assert not backups.retention_prune([], {"daily": 1})
 
 
+# ---------------------------------------------------------------- tagged sets
+
+GFS = {"daily": 3, "weekly": 3, "monthly": 3}
+
+
+def test_tagged_sets_are_not_counted_by_gfs():
+    # A pre-migration set, then two ordinary runs the same day: the same-day
+    # ordinary set is pruned as before, the tagged one is kept.
+    names = ["20250310T020000Z", "20250310T100000Z-premigration", "20250310T110000Z", "20250310T120000Z"]
+    tagged = {"premigration": 3}
+    assert backups.retention_keep(names, {"daily": 1}, tagged=tagged) == [
+        "20250310T120000Z", "20250310T100000Z-premigration"]
+    assert backups.retention_prune(names, {"daily": 1}, tagged=tagged) == [
+        "20250310T020000Z", "20250310T110000Z"]
+
+
+def test_gfs_of_untagged_sets_unchanged_by_tagged_ones():
+    untagged = ["20250310T020000Z", "20250309T020000Z", "20250309T010000Z", "20250308T020000Z",
+                "20250302T020000Z", "20250215T020000Z", "20250110T020000Z", "20241201T020000Z"]
+    # Tagged sets on days, weeks and months that would otherwise take GFS slots.
+    tagged_sets = ["20250311T020000Z-premigration", "20250307T020000Z-premigration",
+                   "20241115T020000Z-premigration"]
+    keep = backups.retention_keep(untagged + tagged_sets, GFS, tagged={"premigration": 0})
+    assert [n for n in keep if "-" not in n] == backups.retention_keep(untagged, GFS)
+    # Count 0: only the newest set of all survives among them.
+    assert [n for n in keep if "-" in n] == ["20250311T020000Z-premigration"]
+
+
+def test_newest_sets_of_each_tag_kept_up_to_the_count():
+    names = [backups.set_name(dt.datetime(2025, 3, day), "premigration") for day in range(1, 8)]
+    names += [backups.set_name(dt.datetime(2025, 3, day, 12), "pre-upgrade") for day in range(1, 4)]
+    names += ["20250308T020000Z"]
+    keep = backups.retention_keep(names, {"daily": 7}, tagged={"premigration": 2, "pre-upgrade": 1})
+    assert keep == ["20250308T020000Z", "20250307T000000Z-premigration", "20250306T000000Z-premigration",
+                    "20250303T120000Z-pre-upgrade"]
+    pruned = backups.retention_prune(names, {"daily": 7}, tagged={"premigration": 2, "pre-upgrade": 1})
+    assert len(pruned) == 7 and pruned == sorted(pruned)
+
+
+def test_tag_without_a_count_is_never_pruned():
+    names = ["20250310T020000Z", "20250301T000000Z-manual", "20240101T000000Z-manual"]
+    assert backups.retention_prune(names, {"daily": 1}, tagged={"premigration": 1}) == []
+    assert backups.retention_prune(names, {"daily": 1}) == []
+
+
+def test_newest_set_is_never_pruned_even_tagged_with_count_zero():
+    names = ["20250310T020000Z", "20250310T030000Z-premigration"]
+    assert backups.retention_keep(names, {"daily": 1}, tagged={"premigration": 0}) == names[::-1]
+    # The next run (any) prunes it.
+    names.append("20250310T040000Z")
+    assert backups.retention_prune(names, {"daily": 1}, tagged={"premigration": 0}) == [
+        "20250310T020000Z", "20250310T030000Z-premigration"]
+
+
+def test_only_tagged_sets():
+    names = ["20250310T020000Z-premigration", "20250309T020000Z-premigration"]
+    assert backups.retention_keep(names, {"daily": 7}, tagged={"premigration": 1}) == names[:1]
+
+
+@pytest.mark.parametrize("tagged, match", [
+    ([], "must be a mapping"),
+    ({"premigration": -1}, "premigration sets to keep must be a whole number"),
+    ({"premigration": "3"}, "premigration sets to keep must be a whole number"),
+    ({"premigration": True}, "premigration sets to keep must be a whole number"),
+    ({"Pre": 1}, "is not a tag"),
+])
+def test_tagged_policy_rejects(tagged, match):
+    with pytest.raises(AnsibleFilterError, match=match):
+        backups.retention_keep(["20250310T020000Z"], {"daily": 1}, tagged=tagged)
+
+
 def test_foreign_name_is_an_error_not_a_deletion():
     with pytest.raises(AnsibleFilterError, match="not a backup set name"):
         backups.retention_prune(["20250310T020000Z", "lost+found"], {"daily": 1})
@@ -142,4 +245,5 @@ def test_compression_args_rejects(method, level, version, match):
 def test_filter_module_maps_functions():
     filters = backups.FilterModule().filters()
     assert filters["backups_retention_keep"] is backups.retention_keep
+    assert filters["backups_set_tag"] is backups.set_tag
     assert filters["backups_compression_args"] is backups.compression_args

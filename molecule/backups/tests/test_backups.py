@@ -1,12 +1,15 @@
 """Behaviour of the backups role and playbooks, seen from outside.
 
-The side effect ran playbooks/backup.yml, playbooks/restore.yml into the new
-database app_restored, fabricated old sets, and playbooks/backup.yml again.
-The tests run in file order; the last ones corrupt the newest set.
+The side effect ran playbooks/backup.yml, playbooks/backup.yml with
+backups_tag: premigration, playbooks/restore.yml into the new database
+app_restored and over the live inventory, fabricated old sets (two tagged),
+and playbooks/backup.yml again. The tests run in file order; the last ones
+corrupt the newest set.
 """
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -23,6 +26,15 @@ SEEDED = {"audit.events": 3100, "public.customers": 2000, "public.order_items": 
           "public.orders": 5000, "public.stock": 3000}
 MARKER = "/var/lib/backups/onfailure-backups-verify.service.marker"
 FABRICATED_KEPT = {"20250310T020000Z", "20250309T020000Z", "20250215T020000Z"}
+# backups_keep_premigration: 2 keeps the real pre-migration set and the newer fabricated one.
+FABRICATED_PREMIGRATION_KEPT = {"20250301T020000Z-premigration"}
+FABRICATED_PREMIGRATION_PRUNED = {"20250201T020000Z-premigration"}
+SET_NAME = re.compile(r"^\d{8}T\d{6}Z(-[a-z][a-z0-9-]*)?$")
+TAGGED_UNIT = "backups-tagged@premigration.service"
+# Settings the tagged unit must share with backups.service.
+SHARED_PROPERTIES = ["User", "Group", "Type", "UMask", "ProtectSystem", "ReadWritePaths", "ProtectHome", "PrivateTmp",
+                     "NoNewPrivileges", "SystemCallFilter", "CapabilityBoundingSet", "RestrictAddressFamilies",
+                     "TimeoutStartUSec", "Nice", "IOSchedulingClass"]
 
 
 def sql(host, database, query):
@@ -40,7 +52,20 @@ def status(host):
 
 def sets(host):
     out = host.check_output(f"ls -1 {BACKUP_DIR}")
-    return {n for n in out.split() if n.endswith("Z") and n[0].isdigit()}
+    return {n for n in out.split() if SET_NAME.match(n)}
+
+
+def premigration_set(host):
+    """The set the pre-migration run made, from its unit's journal."""
+    journal = host.check_output(f"journalctl -u {TAGGED_UNIT} --no-pager -o cat")
+    made = re.findall(r"^result=ok set=(\S+) ", journal, re.MULTILINE)
+    assert len(made) == 1, journal
+    return made[0]
+
+
+def properties(host, unit):
+    out = host.check_output(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in SHARED_PROPERTIES))
+    return dict(line.split("=", 1) for line in out.splitlines())
 
 
 def marker_appears(host, path, seconds=30):
@@ -85,6 +110,13 @@ def test_service_runs_as_postgres_hardened(host):
     assert "OnFailure=backups-alert@backups.service" in props
     score = host.run("systemd-analyze security backups.service --no-pager | tail -n1")
     print(f"{host.backend.host}: {score.stdout.strip()}")
+
+
+def test_tagged_unit_shares_the_service_settings(host):
+    assert properties(host, TAGGED_UNIT) == properties(host, "backups.service")
+    props = host.check_output(f"systemctl show {TAGGED_UNIT} -p OnFailure -p ExecStart")
+    assert "OnFailure=backups-alert@backups-tagged@premigration.service" in props
+    assert "run --tag premigration " in props
 
 
 def test_seeded_data_is_there(host):
@@ -157,15 +189,44 @@ def test_restore_playbook_over_live_database_with_confirmation(host):
 
 def test_retention_kept_exactly_the_expected_sets(host):
     last = status(host)["last_good"]
+    premigration = premigration_set(host)
     # Hand-computed for daily 3, weekly 3, monthly 3 over the first real set,
-    # the fabricated sets (see side_effect.yml) and the second real set:
-    # daily -> second run, 20250310, 20250309T02; weekly adds nothing new (its
-    # weeks' newest are those); monthly adds 20250215. The first run's set (same
-    # day as the second) and every other fabricated set are pruned.
-    assert sets(host) == FABRICATED_KEPT | {last["set"]}
-    assert len(last["pruned"]) == 6
+    # the fabricated untagged sets (see side_effect.yml) and the second real
+    # set, the tagged sets not counting: daily -> second run, 20250310,
+    # 20250309T02; weekly adds nothing new (its weeks' newest are those);
+    # monthly adds 20250215. The first run's set (same day as the second) and
+    # every other fabricated untagged set are pruned. Tagged premigration,
+    # backups_keep_premigration 2: the real one (made between the first and the
+    # second run, the same day) and 20250301; 20250201 is pruned.
+    assert last["tag"] == "" and premigration < last["set"]
+    assert sets(host) == FABRICATED_KEPT | FABRICATED_PREMIGRATION_KEPT | {last["set"], premigration}
+    pruned = set(last["pruned"])
+    assert len(pruned) == 7
     assert {"20250309T010000Z", "20250308T020000Z", "20250302T020000Z", "20250110T020000Z",
-            "20241201T020000Z"} <= set(last["pruned"])
+            "20241201T020000Z"} | FABRICATED_PREMIGRATION_PRUNED <= pruned
+    first = pruned - FABRICATED_PREMIGRATION_PRUNED - {"20250309T010000Z", "20250308T020000Z", "20250302T020000Z",
+                                                       "20250110T020000Z", "20241201T020000Z"}
+    assert len(first) == 1 and SET_NAME.match(first.pop()).group(1) is None
+
+
+def test_premigration_set_verified_offsite_listed_and_restorable_by_name(host):
+    name = premigration_set(host)
+    assert name.endswith("-premigration")
+    manifest = json.loads(host.file(f"{BACKUP_DIR}/{name}/manifest.json").content_string)
+    assert manifest["tag"] == "premigration" and manifest["set"] == name
+    for database in ("app", "inventory"):
+        info = manifest["databases"][database]
+        assert info["verified"] is True
+        assert info["tables"] == {t: SEEDED[t] for t in TABLES[database]}
+        host.check_output(f"cd {BACKUP_DIR}/{name} && sha256sum -c {database}.dump.sha256")
+        host.check_output(f"cd /srv/offsite/backups/{name} && sha256sum -c {database}.dump.sha256")
+    assert "offsite=rsync" in host.check_output(f"journalctl -u {TAGGED_UNIT} --no-pager -o cat")
+    listed = json.loads(host.check_output("/usr/local/sbin/backups list --json"))
+    assert [row["set"] for row in listed] == sorted(sets(host), reverse=True)
+    assert {row["set"]: row["tag"] for row in listed}[name] == "premigration"
+    check = json.loads(host.check_output(f"/usr/local/sbin/backups restore --check --set {name} --database app"))
+    assert check["set"] == name and check["checksum"] == "ok"
+    assert check["rows"] == sum(SEEDED[t] for t in TABLES["app"])
 
 
 def test_offsite_copy_over_ssh(host):
@@ -179,21 +240,24 @@ def test_offsite_copy_over_ssh(host):
 
 
 def test_offsite_failure_fails_the_run_and_skips_retention(host):
+    # Through the tagged unit: its OnFailure= alert and status record are the
+    # service's (backups.service's OnFailure= is checked above).
     before = sets(host)
     host.check_output("rm -f /var/lib/backups/onfailure-*.marker")
     host.check_output("chmod 0500 /srv/offsite/backups")
     try:
-        result = host.run("systemctl start backups.service")
+        result = host.run(f"systemctl start {TAGGED_UNIT}")
     finally:
         host.check_output("chmod 0700 /srv/offsite/backups")
     assert result.rc != 0
     last = status(host)["last_run"]
     assert last["result"] == "failed" and "off-site rsync failed" in last["error"]
-    assert marker_appears(host, "/var/lib/backups/onfailure-backups.service.marker")
+    assert last["tag"] == "premigration" and last["set"].endswith("-premigration")
+    assert marker_appears(host, f"/var/lib/backups/onfailure-{TAGGED_UNIT}.marker")
     # The new set is complete locally (dumped and verified) but nothing was pruned.
     assert before < sets(host) and len(sets(host)) == len(before) + 1
-    assert "error=off-site rsync failed" in host.check_output("journalctl -u backups.service --no-pager -o cat")
-    host.check_output("systemctl reset-failed backups.service")
+    assert "error=off-site rsync failed" in host.check_output(f"journalctl -u {TAGGED_UNIT} --no-pager -o cat")
+    host.check_output(f"systemctl reset-failed {TAGGED_UNIT}")
 
 
 def _molecule_inventory():

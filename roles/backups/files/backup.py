@@ -4,7 +4,7 @@
 Runs as the PostgreSQL superuser's OS account with peer authentication over
 the unix socket: no password file exists anywhere.
 
-  backup.py --config FILE run [--no-verify] [--no-offsite] [--no-retention]
+  backup.py --config FILE run [--tag TAG] [--no-verify] [--no-offsite] [--no-retention]
   backup.py --config FILE verify [SET]          checksums + test restore of a stored set
   backup.py --config FILE restore [--set SET] --database DB [--target NAME] [--replace-live]
   backup.py --config FILE list [--json]
@@ -14,6 +14,10 @@ the unix socket: no password file exists anywhere.
 Every external command is checked (the equivalent of `set -euo pipefail`): a
 non-zero exit anywhere fails the run, removes its partial files, skips
 retention and exits 1 so the systemd unit fails and OnFailure= fires.
+
+A run with --tag makes a set named <UTC time>-<tag> (the unit
+<name>-tagged@<tag>.service does that); retention keeps tagged sets apart
+from the grandfather-father-son sets (backups_lib.retention_keep).
 """
 
 from __future__ import annotations
@@ -344,7 +348,7 @@ class Runner:
 
     def retention(self) -> list[str]:
         names = self.sets()
-        prune = backups_lib.retention_prune(names, self.cfg["retention"])
+        prune = backups_lib.retention_prune(names, self.cfg["retention"], tagged=self.cfg["keep_tagged"])
         newest = names[0] if names else None
         for name in prune:
             if name == newest:  # retention_prune never returns it; belt and braces
@@ -353,15 +357,15 @@ class Runner:
         return prune
 
     # ------------------------------------------------------------ commands
-    def cmd_run(self, verify: bool, offsite: bool, retention: bool) -> int:
+    def cmd_run(self, verify: bool, offsite: bool, retention: bool, tag: str = "") -> int:
         started = utcnow()
         clock = time.monotonic()
-        name = backups_lib.set_name(started)
+        name = backups_lib.set_name(started, tag)
         partial = os.path.join(self.dir, PARTIAL_PREFIX + name)
         final = os.path.join(self.dir, name)
         verify = verify and self.cfg["verify"]
         encryption = self.cfg["encryption"]["method"]
-        record: dict[str, Any] = {"set": name, "started": iso(started), "host": socket.gethostname()}
+        record: dict[str, Any] = {"set": name, "tag": tag, "started": iso(started), "host": socket.gethostname()}
         try:
             for stale in os.listdir(self.dir):  # left behind by a killed run
                 if stale.startswith(PARTIAL_PREFIX):
@@ -370,7 +374,7 @@ class Runner:
             databases = self.list_databases()
             if not databases:
                 raise BackupError("no database to back up")
-            manifest: dict[str, Any] = {"set": name, "started": iso(started), "format": self.cfg["format"],
+            manifest: dict[str, Any] = {"set": name, "tag": tag, "started": iso(started), "format": self.cfg["format"],
                                         "compress_args": self.cfg["compress_args"], "encryption": encryption,
                                         "databases": {}}
             for database in databases:
@@ -571,13 +575,15 @@ class Runner:
         rows = []
         for name in self.sets():
             manifest = self.manifest(name)
-            rows.append({"set": name, "finished": manifest.get("finished"), "size": manifest.get("size"),
+            rows.append({"set": name, "tag": backups_lib.split_set_name(name)[1],
+                         "finished": manifest.get("finished"), "size": manifest.get("size"),
                          "databases": sorted(manifest["databases"]), "encryption": manifest["encryption"]})
         if as_json:
             print(json.dumps(rows))
         else:
+            width = max((len(row["set"]) for row in rows), default=0)  # tagged names are longer
             for row in rows:
-                print(f"{row['set']}  {row['size']:>14}  {','.join(row['databases'])}")
+                print(f"{row['set']:<{width}}  {row['size']:>14}  {','.join(row['databases'])}")
         return 0
 
     def cmd_status(self) -> int:
@@ -615,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
+    run.add_argument("--tag", default="", help="name the set <UTC time>-TAG; retention keeps it apart")
     run.add_argument("--no-verify", action="store_true")
     run.add_argument("--no-offsite", action="store_true")
     run.add_argument("--no-retention", action="store_true")
@@ -636,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(json.load(handle))
     os.umask(0o077)
     try:
+        if args.command == "run":
+            backups_lib.set_tag(args.tag, "--tag")  # before the lock: a bad tag changes nothing
         if args.command in ("run", "verify") or (args.command == "restore" and not args.check):
             lock = open(runner.cfg["lock_file"], "a", encoding="ascii")  # noqa: SIM115 - held until exit
             try:
@@ -644,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise BackupError("another backup, verify or restore is running (lock "
                                   f"{runner.cfg['lock_file']})") from None
         if args.command == "run":
-            return runner.cmd_run(not args.no_verify, not args.no_offsite, not args.no_retention)
+            return runner.cmd_run(not args.no_verify, not args.no_offsite, not args.no_retention, args.tag)
         if args.command == "verify":
             return runner.cmd_verify(args.set)
         if args.command == "restore":
@@ -654,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return runner.cmd_status()
         return runner.cmd_alert(args.unit)
-    except (BackupError, psycopg2.Error, OSError) as exc:
+    except (BackupError, backups_lib.AnsibleFilterError, psycopg2.Error, OSError) as exc:
         print(f"error: {str(exc).strip()}", file=sys.stderr)
         return 1
 

@@ -64,3 +64,17 @@ def test_restart_app_tag_loses_no_request(host):
     assert host.check_output("systemctl show -p MainPID --value 'demo@*'") != pids_before
     assert loop.result["requests"] > 50
     assert loop.result["failures"] == 0, loop.result
+
+
+def test_rollback_playbook_returns_to_the_previous_release_losing_no_request(host):
+    """playbooks/rollback.yml (stack play first, then the role) after the
+    redeploy above: back to the release served before it, through the gate."""
+    _, before = get(host, "/health")
+    with RequestLoop(host, "rollback") as loop:
+        rc, out = run_playbook("playbooks/rollback.yml")
+    assert rc == 0, out[-4000:]
+    _, after = get(host, "/health")
+    assert after["release"] != before["release"], (before, after)
+    assert loop.result["requests"] > 50
+    assert loop.result["failures"] == 0, loop.result
+    assert set(loop.result["releases"]) <= {before["release"], after["release"]}, loop.result

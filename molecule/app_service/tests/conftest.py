@@ -32,7 +32,17 @@ PROXY = "http://127.0.0.1:8080"
 PORTS = (8001, 8002)
 # The live settings files and the names of their known-good copies.
 SETTINGS_FILES = {"env": f"/etc/{APP}/env", "migrate.env": f"/etc/{APP}/migrate.env",
-                  "unit": f"/etc/systemd/system/{APP}@.service"}
+                  "unit": f"/etc/systemd/system/{APP}@.service",
+                  # The worker and the timer of vars.yml.
+                  f"{APP}-worker.service": f"/etc/systemd/system/{APP}-worker.service",
+                  f"{APP}-tick.service": f"/etc/systemd/system/{APP}-tick.service",
+                  f"{APP}-tick.timer": f"/etc/systemd/system/{APP}-tick.timer"}
+WORKER = f"{APP}-worker.service"
+# Connects to the host's own non-loopback address (port 9, closed): prints
+# ECONNREFUSED when the packet may leave, EPERM when systemd's IP access
+# control (IPAddressDeny) refuses it.
+EGRESS_PROBE = ("import socket,errno;a=socket.gethostbyname(socket.gethostname());s=socket.socket();s.settimeout(3);"
+                "r=s.connect_ex((a,9));print('egress',a,errno.errorcode.get(r,r))")
 KNOWN_GOOD = f"/etc/{APP}/known-good"
 # Test-only passwords from vars.yml: they must never show in a run's output.
 SECRETS = ("owner-Secret-42", "rw-Secret-42")
@@ -127,6 +137,20 @@ def settings_sums(host) -> dict:
     """name -> sha256 of the live settings files (env, migrate.env, unit)."""
     sums = sha256(host, SETTINGS_FILES.values())
     return {name: sums[path] for name, path in SETTINGS_FILES.items()}
+
+
+def startup_sums(sums: dict) -> dict:
+    """What an instance's record holds: every settings file but migrate.env."""
+    return {name: digest for name, digest in sums.items() if name != "migrate.env"}
+
+
+def egress_from_unit(host, unit: str) -> str:
+    """Run EGRESS_PROBE inside the cgroup of a unit's main process (where
+    systemd's IP access control applies) and return its verdict."""
+    pid = host.check_output(f"systemctl show -p MainPID --value {unit}")
+    cgroup = host.check_output(f"cat /proc/{pid}/cgroup").split("::", 1)[1].strip()
+    script = f"echo $$ > /sys/fs/cgroup{cgroup}/cgroup.procs && exec python3 -c {_q(EGRESS_PROBE)}"
+    return host.check_output(f"sh -c {_q(script)}").split()[-1]
 
 
 def instance_record(host, port: int) -> dict:
@@ -316,10 +340,25 @@ def rollback_check_mode(rollback_refused, first_release):
 
 @pytest.fixture(scope="session")
 def rollback(rollback_check_mode):
+    """The rollback, with egress switched from open to localhost on the way
+    (a settings change the same cutover applies; tests/test_3_processes.py)."""
     with Loops("rollback") as loops:
         proc = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "-e", f"@{SCENARIO_DIR / 'vars.yml'}",
                         "-e", "app_service_rollback_hosts=all", "-e", "app_service_rollback_to=previous",
-                        "-e", "app_service_rollback_allow_schema_mismatch=true")
+                        "-e", "app_service_rollback_allow_schema_mismatch=true", "-e", "app_service_egress=localhost")
     return proc, loops.results
+
+
+@pytest.fixture(scope="session")
+def processes_removed(rollback):
+    """A config-only run without the worker and the timer (egress stays localhost)."""
+    proc = playbook(SCENARIO_DIR / "converge.yml", "--tags", "app_service_config", "-e", "app_service_egress=localhost",
+                    "-e", '{"app_service_processes": [], "app_service_timers": []}')
+    return proc
+
+
+def run_command(*extra: str) -> subprocess.CompletedProcess:
+    """The role's run.yml entry point through the scenario's run.yml."""
+    return playbook(SCENARIO_DIR / "run.yml", *extra)
 
 

@@ -1,7 +1,7 @@
 """Helpers and session fixtures for the app_service scenario's tests.
 
 The later tests drive real deploys with ansible-playbook (the scenario's
-converge.yml, playbooks/rollback.yml) while a bounded request loop runs
+converge.yml, rollback.yml: the app_service play of playbooks/rollback.yml) while a bounded request loop runs
 through the scenario's Caddy on 127.0.0.1:8080 in each container, and print
 requests/failures. Session-scoped fixtures run each deploy once for all hosts (testinfra parametrizes
 the module by host, which would re-run module-scoped ones per host).
@@ -321,8 +321,8 @@ def rollback_refused(settings_drift, first_release):
         hosts[name].check_output(f"rm {ROOT}/releases/{first_release[name]}/.app_service_schema_head")
     before = {name: snapshot(host) for name, host in hosts.items()}
     with Loops("rollback-refused") as loops:
-        proc = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "-e", f"@{SCENARIO_DIR / 'vars.yml'}",
-                        "-e", "app_service_rollback_hosts=all", "-e", "app_service_rollback_to=previous")
+        proc = playbook(SCENARIO_DIR / "rollback.yml",
+                        "-e", "app_service_rollback_to=previous")
     return proc, loops.results, before, unrecorded
 
 
@@ -331,8 +331,8 @@ def rollback_check_mode(rollback_refused, first_release):
     """Check mode: rollback.yml without the flag, and include_role vars with
     a release id and the mismatch allowed (what a fleet redeploy passes)."""
     before = {name: snapshot(host) for name, host in all_hosts().items()}
-    refused = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "--check", "-e", f"@{SCENARIO_DIR / 'vars.yml'}",
-                       "-e", "app_service_rollback_hosts=all", "-e", "app_service_rollback_to=previous")
+    refused = playbook(SCENARIO_DIR / "rollback.yml", "--check",
+                       "-e", "app_service_rollback_to=previous")
     allowed = playbook(SCENARIO_DIR / "rollback_include.yml", "--check",
                        "-e", json.dumps({"scenario_rollback_releases": first_release}))
     return refused, allowed, before
@@ -343,8 +343,8 @@ def rollback(rollback_check_mode):
     """The rollback, with egress switched from open to localhost on the way
     (a settings change the same cutover applies; tests/test_3_processes.py)."""
     with Loops("rollback") as loops:
-        proc = playbook(PROJECT_DIR / "playbooks" / "rollback.yml", "-e", f"@{SCENARIO_DIR / 'vars.yml'}",
-                        "-e", "app_service_rollback_hosts=all", "-e", "app_service_rollback_to=previous",
+        proc = playbook(SCENARIO_DIR / "rollback.yml",
+                        "-e", "app_service_rollback_to=previous",
                         "-e", "app_service_rollback_allow_schema_mismatch=true", "-e", "app_service_egress=localhost")
     return proc, loops.results
 

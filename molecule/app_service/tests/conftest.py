@@ -148,8 +148,11 @@ def egress_from_unit(host, unit: str) -> str:
     """Run EGRESS_PROBE inside the cgroup of a unit's main process (where
     systemd's IP access control applies) and return its verdict."""
     pid = host.check_output(f"systemctl show -p MainPID --value {unit}")
-    cgroup = host.check_output(f"cat /proc/{pid}/cgroup").split("::", 1)[1].strip()
-    script = f"echo $$ > /sys/fs/cgroup{cgroup}/cgroup.procs && exec python3 -c {_q(EGRESS_PROBE)}"
+    cgroup = [line for line in host.check_output(f"cat /proc/{pid}/cgroup").splitlines()
+              if line.startswith("0::")][0][3:]
+    # cgroup v2 at /sys/fs/cgroup, or at /sys/fs/cgroup/unified on a hybrid host.
+    root = "/sys/fs/cgroup/unified" if host.file("/sys/fs/cgroup/unified/cgroup.procs").exists else "/sys/fs/cgroup"
+    script = f"echo $$ > {root}{cgroup}/cgroup.procs && exec python3 -c {_q(EGRESS_PROBE)}"
     return host.check_output(f"sh -c {_q(script)}").split()[-1]
 
 

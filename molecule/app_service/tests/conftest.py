@@ -41,7 +41,9 @@ WORKER = f"{APP}-worker.service"
 # Connects to the host's own non-loopback address (port 9, closed): prints
 # ECONNREFUSED when the packet may leave, EPERM when systemd's IP access
 # control (IPAddressDeny) refuses it.
-EGRESS_PROBE = ("import socket,errno;a=socket.gethostbyname(socket.gethostname());s=socket.socket();s.settimeout(3);"
+# (The address: the source a UDP socket routes from; connect() on UDP sends nothing.)
+EGRESS_PROBE = ("import socket,errno;u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.connect(('192.0.2.1',9));"
+                "a=u.getsockname()[0];s=socket.socket();s.settimeout(3);"
                 "r=s.connect_ex((a,9));print('egress',a,errno.errorcode.get(r,r))")
 KNOWN_GOOD = f"/etc/{APP}/known-good"
 # Test-only passwords from vars.yml: they must never show in a run's output.

@@ -46,12 +46,16 @@ def test_hooks_ran_before_and_after_each_switch(rollback):
 
 def test_egress_localhost_blocks_other_addresses(rollback):
     """The rollback run set app_service_egress=localhost: from the web and the
-    worker unit's cgroups the same connection is refused by systemd."""
+    worker unit's cgroups the same connection is blocked by systemd."""
     for name, host in all_hosts().items():
         web = f"{APP}@{serving(host)[0]}.service"
         verdicts = {unit: egress_from_unit(host, unit) for unit in (web, WORKER)}
         report(f"egress localhost on {name}: {verdicts}")
-        assert verdicts == {web: "EPERM", WORKER: "EPERM"}
+        # Dropped by the unit's BPF egress filter: EPERM, or EAGAIN when the
+        # SYN is dropped and the probe's 3 s timeout expires (seen in a
+        # transient unit with IPAddressDeny=any on Debian 12); never refused
+        # by the closed port as in the open mode.
+        assert all(verdict in ("EPERM", "EAGAIN", "ETIMEDOUT") for verdict in verdicts.values()), verdicts
         assert "IPAddressDeny=any" in host.check_output(f"cat /etc/systemd/system/{WORKER}")
 
 

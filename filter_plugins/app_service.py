@@ -8,6 +8,7 @@ functions above it; tests in tests/unit call the functions directly.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -213,6 +214,28 @@ def exec_line(argv: Any, var: str = "app_service_web_command", host: Any = None,
     return " ".join(out)
 
 
+def ip_networks(values: Any, var: str = "app_service_egress_allow") -> list[str]:
+    """The entries of ``values`` as normalised IP networks (``10.0.0.5/32``).
+
+    Each entry must be an IP address or a CIDR network (host bits may be
+    set, as systemd's IPAddressAllow= accepts them); anything else raises
+    an AnsibleFilterError naming ``var[index]``.
+    """
+    if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence):
+        raise AnsibleFilterError(f"{var}: must be a list of IP addresses or CIDR networks, got {values!r}")
+    out = []
+    for index, value in enumerate(values):
+        try:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError:
+            raise AnsibleFilterError(
+                f"{var}[{index}]: {value!r} is not an IP address or CIDR network (e.g. 10.0.0.5 or 10.0.0.0/24)"
+            ) from None
+    return out
+
+
 class FilterModule:
     """Ansible filter map for the app_service role."""
 
@@ -223,4 +246,5 @@ class FilterModule:
             "app_service_env_file": env_file,
             "app_service_revisions": revisions,
             "app_service_exec_line": exec_line,
+            "app_service_ip_networks": ip_networks,
         }

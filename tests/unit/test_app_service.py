@@ -126,7 +126,7 @@ def test_env_file_refuses_bad_input_naming_the_variable(env):
 def test_filter_module_maps_names():
     names = flt.FilterModule().filters()
     assert set(names) == {"app_service_pick_slots", "app_service_release_plan", "app_service_env_file",
-                          "app_service_revisions", "app_service_exec_line"}
+                          "app_service_revisions", "app_service_exec_line", "app_service_ip_networks"}
 
 
 # ------------------------------------------------------------------- revisions
@@ -324,3 +324,24 @@ def test_exec_line_refuses_bad_commands_naming_the_variable(argv):
 def test_exec_line_refuses_a_placeholder_without_a_value():
     with pytest.raises(AnsibleFilterError, match=r"\{port\}"):
         flt.exec_line(["worker", "--port", "{port}"], var="app_service_processes.worker.command")
+
+
+# --- ip_networks: egress allow/deny entries ----------------------------------------------
+
+def test_ip_networks_normalises_addresses_and_networks():
+    assert flt.ip_networks(["10.0.0.5", "10.0.0.1/24", " fd00:ec2::254/128", "169.254.0.0/16"]) == [
+        "10.0.0.5/32", "10.0.0.0/24", "fd00:ec2::254/128", "169.254.0.0/16"]
+    assert flt.ip_networks([]) == []
+
+
+@pytest.mark.parametrize("values, index", [(["example.org"], 0), (["10.0.0.5", "10.0.0.300"], 1),
+                                           (["10.0.0.0/33"], 0), ([None], 0), ([["10.0.0.5"]], 0)])
+def test_ip_networks_refuses_non_addresses_naming_the_entry(values, index):
+    with pytest.raises(AnsibleFilterError, match=rf"app_service_egress_allow\[{index}\]"):
+        flt.ip_networks(values)
+
+
+@pytest.mark.parametrize("values", ["10.0.0.5", {"a": "10.0.0.5"}, None])
+def test_ip_networks_refuses_a_non_list(values):
+    with pytest.raises(AnsibleFilterError, match="app_service_egress_deny: must be a list"):
+        flt.ip_networks(values, var="app_service_egress_deny")

@@ -1,7 +1,7 @@
 """Helpers and session fixtures for the app_service scenario's tests.
 
 The later tests drive real deploys with ansible-playbook (the scenario's
-converge.yml, rollback.yml) while a bounded request loop runs
+converge.yml, rollback.yml: the app_service play of playbooks/rollback.yml) while a bounded request loop runs
 through the scenario's Caddy on 127.0.0.1:8080 in each container, and print
 requests/failures. Session-scoped fixtures run each deploy once for all hosts (testinfra parametrizes
 the module by host, which would re-run module-scoped ones per host).
@@ -32,7 +32,19 @@ PROXY = "http://127.0.0.1:8080"
 PORTS = (8001, 8002)
 # The live settings files and the names of their known-good copies.
 SETTINGS_FILES = {"env": f"/etc/{APP}/env", "migrate.env": f"/etc/{APP}/migrate.env",
-                  "unit": f"/etc/systemd/system/{APP}@.service"}
+                  "unit": f"/etc/systemd/system/{APP}@.service",
+                  # The worker and the timer of vars.yml.
+                  f"{APP}-worker.service": f"/etc/systemd/system/{APP}-worker.service",
+                  f"{APP}-tick.service": f"/etc/systemd/system/{APP}-tick.service",
+                  f"{APP}-tick.timer": f"/etc/systemd/system/{APP}-tick.timer"}
+WORKER = f"{APP}-worker.service"
+# Connects to the host's own non-loopback address (port 9, closed): prints
+# ECONNREFUSED when the packet may leave, EPERM when systemd's IP access
+# control (IPAddressDeny) refuses it.
+# (The address: the source a UDP socket routes from; connect() on UDP sends nothing.)
+EGRESS_PROBE = ("import socket,errno;u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.connect(('192.0.2.1',9));"
+                "a=u.getsockname()[0];s=socket.socket();s.settimeout(3);"
+                "r=s.connect_ex((a,9));print('egress',a,errno.errorcode.get(r,r))")
 KNOWN_GOOD = f"/etc/{APP}/known-good"
 # Test-only passwords from vars.yml: they must never show in a run's output.
 SECRETS = ("owner-Secret-42", "rw-Secret-42")
@@ -127,6 +139,23 @@ def settings_sums(host) -> dict:
     """name -> sha256 of the live settings files (env, migrate.env, unit)."""
     sums = sha256(host, SETTINGS_FILES.values())
     return {name: sums[path] for name, path in SETTINGS_FILES.items()}
+
+
+def startup_sums(sums: dict) -> dict:
+    """What an instance's record holds: every settings file but migrate.env."""
+    return {name: digest for name, digest in sums.items() if name != "migrate.env"}
+
+
+def egress_from_unit(host, unit: str) -> str:
+    """Run EGRESS_PROBE inside the cgroup of a unit's main process (where
+    systemd's IP access control applies) and return its verdict."""
+    pid = host.check_output(f"systemctl show -p MainPID --value {unit}")
+    cgroup = [line for line in host.check_output(f"cat /proc/{pid}/cgroup").splitlines()
+              if line.startswith("0::")][0][3:]
+    # cgroup v2 at /sys/fs/cgroup, or at /sys/fs/cgroup/unified on a hybrid host.
+    root = "/sys/fs/cgroup/unified" if host.file("/sys/fs/cgroup/unified/cgroup.procs").exists else "/sys/fs/cgroup"
+    script = f"echo $$ > {root}{cgroup}/cgroup.procs && exec python3 -c {_q(EGRESS_PROBE)}"
+    return host.check_output(f"sh -c {_q(script)}").split()[-1]
 
 
 def instance_record(host, port: int) -> dict:
@@ -297,7 +326,8 @@ def rollback_refused(settings_drift, first_release):
         hosts[name].check_output(f"rm {ROOT}/releases/{first_release[name]}/.app_service_schema_head")
     before = {name: snapshot(host) for name, host in hosts.items()}
     with Loops("rollback-refused") as loops:
-        proc = playbook(SCENARIO_DIR / "rollback.yml", "-e", "app_service_rollback_to=previous")
+        proc = playbook(SCENARIO_DIR / "rollback.yml",
+                        "-e", "app_service_rollback_to=previous")
     return proc, loops.results, before, unrecorded
 
 
@@ -306,7 +336,8 @@ def rollback_check_mode(rollback_refused, first_release):
     """Check mode: rollback.yml without the flag, and include_role vars with
     a release id and the mismatch allowed (what a fleet redeploy passes)."""
     before = {name: snapshot(host) for name, host in all_hosts().items()}
-    refused = playbook(SCENARIO_DIR / "rollback.yml", "--check", "-e", "app_service_rollback_to=previous")
+    refused = playbook(SCENARIO_DIR / "rollback.yml", "--check",
+                       "-e", "app_service_rollback_to=previous")
     allowed = playbook(SCENARIO_DIR / "rollback_include.yml", "--check",
                        "-e", json.dumps({"scenario_rollback_releases": first_release}))
     return refused, allowed, before
@@ -314,9 +345,25 @@ def rollback_check_mode(rollback_refused, first_release):
 
 @pytest.fixture(scope="session")
 def rollback(rollback_check_mode):
+    """The rollback, with egress switched from open to localhost on the way
+    (a settings change the same cutover applies; tests/test_3_processes.py)."""
     with Loops("rollback") as loops:
-        proc = playbook(SCENARIO_DIR / "rollback.yml", "-e", "app_service_rollback_to=previous",
-                        "-e", "app_service_rollback_allow_schema_mismatch=true")
+        proc = playbook(SCENARIO_DIR / "rollback.yml",
+                        "-e", "app_service_rollback_to=previous",
+                        "-e", "app_service_rollback_allow_schema_mismatch=true", "-e", "app_service_egress=localhost")
     return proc, loops.results
+
+
+@pytest.fixture(scope="session")
+def processes_removed(rollback):
+    """A config-only run without the worker and the timer (egress stays localhost)."""
+    proc = playbook(SCENARIO_DIR / "converge.yml", "--tags", "app_service_config", "-e", "app_service_egress=localhost",
+                    "-e", '{"app_service_processes": [], "app_service_timers": []}')
+    return proc
+
+
+def run_command(*extra: str) -> subprocess.CompletedProcess:
+    """The role's run.yml entry point through the scenario's run.yml."""
+    return playbook(SCENARIO_DIR / "run.yml", *extra)
 
 

@@ -2,9 +2,10 @@
 
 import json
 import re
+import time
 
-from conftest import (APP, KNOWN_GOOD, PORTS, PROXY, ROOT, SECRETS, SETTINGS_FILES, current_release, get, instance_record,
-                      report, serving, settings_sums)
+from conftest import (APP, KNOWN_GOOD, PORTS, PROXY, ROOT, SECRETS, SETTINGS_FILES, WORKER, current_release,
+                      egress_from_unit, get, instance_record, report, serving, settings_sums, startup_sums)
 
 
 def test_health_db_reports_revision_through_proxy(host):
@@ -83,7 +84,7 @@ def test_known_good_settings_are_the_serving_instances_and_root_only(host):
     record = instance_record(host, port)
     report(f"{host.backend.host}: {APP}@{port} started with env {record['env'][:12]} unit {record['unit'][:12]}; "
            f"on disk env {sums['env'][:12]} unit {sums['unit'][:12]}")
-    assert record == {"env": sums["env"], "unit": sums["unit"]}
+    assert record == startup_sums(sums)
     assert host.file(f"{ROOT}/instances/{port}.settings").mode == 0o600
 
 
@@ -104,3 +105,60 @@ def test_release_records_its_schema_head(host):
     report(f"{host.backend.host}: release {current_release(host)} schema head {marker.content_string.strip()}")
     assert marker.user == "root" and marker.mode == 0o644
     assert marker.content_string == "0001\n"
+
+
+# --- processes, timers, hooks, egress (open) --------------------------------------------
+
+def worker_beat(host) -> dict:
+    return json.loads(host.check_output(f"cat /var/lib/{APP}/worker.json"))
+
+
+def test_worker_works_in_the_current_release_with_the_runtime_role(host):
+    worker = host.service(WORKER)
+    assert worker.is_running and worker.is_enabled
+    assert host.check_output(f"systemctl show -p User --value {WORKER}") == APP
+    first = worker_beat(host)
+    time.sleep(2.5)
+    beat = worker_beat(host)
+    report(f"{host.backend.host}: {WORKER}: release {beat['release']} db_user {beat.get('db_user')} "
+           f"notes {beat.get('notes')} beats {first['beats']} -> {beat['beats']}")
+    assert beat["release"] == current_release(host)
+    assert beat["db_user"] == "app_rw" and "error" not in beat
+    assert beat["beats"] > first["beats"]
+
+
+def test_worker_unit_is_hardened_like_the_web(host):
+    out = host.check_output(f"systemd-analyze security --no-pager {WORKER}")
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+    report(f"{host.backend.host}: systemd-analyze security exposure for {WORKER}: {score}")
+    assert score <= 2.0
+
+
+def test_timer_runs_the_command_in_the_current_release(host):
+    timer = host.service(f"{APP}-tick.timer")
+    assert timer.is_running and timer.is_enabled
+    for _ in range(30):
+        journal = host.check_output(f"journalctl --no-pager --output=cat -u {APP}-tick.service")
+        if "tick release=" in journal:
+            break
+        time.sleep(1)
+    ticks = [line for line in journal.splitlines() if line.startswith("tick ")]
+    report(f"{host.backend.host}: {APP}-tick.timer ran {len(ticks)} times, last: {ticks[-1] if ticks else None}")
+    assert ticks and ticks[-1] == f"tick release={current_release(host)} db_user=app_rw"
+
+
+def test_hooks_ran_around_the_first_switch(host):
+    lines = host.check_output(f"cat /var/lib/{APP}/hooks.log").splitlines()
+    release = current_release(host)
+    assert lines == [f"before release={release} db_user=app_owner", f"after release={release} db_user=app_rw"], lines
+
+
+def test_egress_open_lets_the_units_reach_another_address(host):
+    """app_service_egress: open (the default): from inside the web and the
+    worker unit's cgroups a connection to the host's own non-loopback address
+    leaves (refused by the closed port, not by systemd)."""
+    web = f"{APP}@{serving(host)[0]}.service"
+    verdicts = {unit: egress_from_unit(host, unit) for unit in (web, WORKER)}
+    report(f"{host.backend.host}: egress open: {verdicts}")
+    assert verdicts == {web: "ECONNREFUSED", WORKER: "ECONNREFUSED"}
+

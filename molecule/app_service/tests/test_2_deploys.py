@@ -7,10 +7,11 @@ container, then checks every host. Runs after test_1_converged.py (these
 tests take no `host` argument, so pytest keeps them in file order).
 """
 
+import json
 import re
 
 from conftest import (APP, KNOWN_GOOD, PROXY, SCENARIO_DIR, SECRETS, SETTINGS_FILES, all_hosts, current_release,
-                      get, instance_record, log_lines, main_pid, playbook, recap, report, serving, settings_sums)
+                      get, instance_record, log_lines, startup_sums, main_pid, playbook, recap, report, serving, settings_sums)
 
 
 def _report(what: str, loops: dict) -> None:
@@ -23,6 +24,44 @@ def test_check_mode_on_converged_hosts_changes_nothing():
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0", proc.stdout, re.M)
     assert len(recap) == len(all_hosts()) and all(changed == "0" for _, changed in recap), recap
+
+
+def test_run_entry_point_runs_commands_in_the_current_release():
+    """tasks_from: run.yml: the runtime role by default, the owner role on
+    request, a failing command's exit code and stderr, nothing deployed."""
+    whoami = ["python", "-c", "import os, urllib.parse; print('release=' + open('RELEASE_ID').read().strip() + "
+              "' db_user=' + urllib.parse.urlsplit(os.environ['DATABASE_URL']).username)"]
+    runtime = playbook(SCENARIO_DIR / "run.yml", "-e", json.dumps({"app_command": whoami}))
+    owner = playbook(SCENARIO_DIR / "run.yml", "-e", json.dumps({"app_command": whoami, "app_command_owner": True}))
+    failing = playbook(SCENARIO_DIR / "run.yml", "-e", json.dumps(
+        {"app_command": ["python", "-c", "import sys; print('oops on stderr', file=sys.stderr); sys.exit(3)"]}))
+    nothing = playbook(SCENARIO_DIR / "run.yml", "-e", json.dumps({"app_command": whoami, "app_service_name": "nothing"}))
+    assert runtime.returncode == 0 and owner.returncode == 0, (_output(runtime) + _output(owner))[-3000:]
+    for proc in (runtime, owner, failing, nothing):
+        _no_secrets(proc)
+    for name, host in all_hosts().items():
+        release = current_release(host)
+        assert f"release={release} db_user=app_rw" in _output(runtime)
+        assert f"release={release} db_user=app_owner" in _output(owner)
+    assert failing.returncode != 0 and "oops on stderr" in _output(failing) and "exited with 3" in _output(failing)
+    assert nothing.returncode != 0 and "nothing has no release deployed on this host" in _output(nothing)
+    report("run.yml: runtime role, owner role, exit code 3 shown, nothing deployed refused")
+
+
+def test_bad_process_timer_and_egress_input_is_refused_naming_the_variable():
+    cases = {
+        "app_service_processes[1].name": {"app_service_processes": [{"name": "worker", "command": ["a"]},
+                                                                    {"name": "worker", "command": ["b"]}]},
+        "app_service_processes[0].command[2]: {port} has no value here": {
+            "app_service_processes": [{"name": "w", "command": ["serve", "--port", "{port}"]}]},
+        "app_service_timers[0].on_calendar": {"app_service_timers": [
+            {"name": "t", "command": ["true"], "on_calendar": "every full moon"}]},
+        "app_service_egress_allow[0]": {"app_service_egress_allow": ["db.example.org"]},
+    }
+    for expected, bad in cases.items():
+        proc = playbook(SCENARIO_DIR / "converge.yml", "--tags", "app_service_install", "-e", json.dumps(bad))
+        assert proc.returncode != 0 and expected in _output(proc), (expected, _output(proc)[-2000:])
+    report(f"validation refused, naming the variable: {', '.join(cases)}")
 
 
 def test_second_deploy_switches_without_losing_requests(deploy_v2, first_release):
@@ -145,7 +184,7 @@ def test_drifted_settings_restart_through_the_gate(settings_drift):
         assert "action=restart" in last and "source=settings:files" in last and "result=ok" in last
         # The serving instance's record matches the files on disk, which are the known-good ones.
         sums = settings_sums(host)
-        assert instance_record(host, now[0]) == {"env": sums["env"], "unit": sums["unit"]}
+        assert instance_record(host, now[0]) == startup_sums(sums)
         assert "HAND_EDIT" not in host.check_output(f"cat {SETTINGS_FILES['env']}")
         if kinds[name] == "hand edit":
             assert sums["env"] != before[name]["sums"]["env"]
@@ -208,4 +247,4 @@ def test_rollback_to_previous_release(rollback, first_release):
         copies = {n: s for n, s in zip(SETTINGS_FILES, host.check_output(
             f"sha256sum {' '.join(f'{KNOWN_GOOD}/{n}' for n in SETTINGS_FILES)}").split()[::2])}
         assert copies == sums
-        assert instance_record(host, serving(host)[0]) == {"env": sums["env"], "unit": sums["unit"]}
+        assert instance_record(host, serving(host)[0]) == startup_sums(sums)

@@ -1,0 +1,126 @@
+"""Helpers and session fixtures for the apps scenario's tests.
+
+Everything is checked from outside the apps: HTTP on their ports from inside
+the app host, psql as postgres, pip freeze of a release's virtualenv, file
+ownership, and further deploys through the scenario's converge.yml with
+ansible-playbook (session fixtures, run once, in order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import testinfra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from stacktest import run_playbook  # noqa: E402
+
+SCENARIO_DIR = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).resolve().parent.parent))
+INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
+API_SRC = SCENARIO_DIR / "files" / "shopapi"
+PORTS = {"api": (8101, 8102), "web": (3001, 3002)}
+PSQL = "sudo -u postgres psql -p 9992 -d shop -Atc"
+
+
+def report(line: str) -> None:
+    """A figure for the run's log (the verifier shows passed tests' output)."""
+    print(line)
+
+
+def playbook(*extra: str) -> tuple[int, str]:
+    """The scenario's converge.yml again, with extra arguments."""
+    rc, out = run_playbook(str(SCENARIO_DIR / "converge.yml"), *extra)
+    print("\n".join(out.splitlines()[-30:]))
+    return rc, out
+
+
+def app_host():
+    return testinfra.get_host(f"ansible://apps-host?ansible_inventory={INVENTORY}")
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def http(host, url: str, body: dict | None = None) -> tuple[int, str]:
+    """GET (or POST JSON) a URL from inside the app host: (status, body text)."""
+    code = (
+        "import json,sys,urllib.request,urllib.error\n"
+        "data=sys.argv[2].encode() if len(sys.argv)>2 else None\n"
+        "req=urllib.request.Request(sys.argv[1],data=data,headers={'Content-Type':'application/json'})\n"
+        "try:\n r=urllib.request.urlopen(req,timeout=10); s=r.status; b=r.read()\n"
+        "except urllib.error.HTTPError as e:\n s=e.code; b=e.read()\n"
+        "print(json.dumps({'status':s,'body':b.decode()}))\n"
+    )
+    args = f" {_q(json.dumps(body))}" if body is not None else ""
+    out = json.loads(host.check_output(f"python3 -c {_q(code)} {_q(url)}{args}"))
+    return out["status"], out["body"]
+
+
+def serving_port(host, app: str) -> int:
+    """The one port whose instance runs."""
+    ports = [p for p in PORTS[app] if host.service(f"{app}@{p}").is_running]
+    assert len(ports) == 1, f"{app}: expected one serving instance, got {ports}"
+    return ports[0]
+
+
+def current_release(host, app: str) -> str:
+    return host.check_output(f"readlink /srv/{app}/current").rsplit("/", 1)[-1]
+
+
+def freeze(host, release_dir: str) -> list[str]:
+    return host.check_output(f"{release_dir}/.venv/bin/python -m pip freeze").splitlines()
+
+
+def normalize(requirement: str) -> str:
+    """name==version with the name as PEP 503 normalizes it, extras dropped."""
+    name, version = requirement.split("==")
+    return re.sub(r"[-_.]+", "-", name.split("[")[0]).lower() + "==" + version.strip()
+
+
+def lock_pins(path: Path) -> list[str]:
+    return sorted(normalize(line.split()[0]) for line in path.read_text().splitlines() if re.match(r"^[A-Za-z]", line))
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    path = Path(tempfile.mkdtemp(prefix="apps_test_"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def first_api_release():
+    return current_release(app_host(), "api")
+
+
+@pytest.fixture(scope="session")
+def api_v2(workdir, first_api_release):
+    """A changed API source (new release id), the same lock."""
+    src = workdir / "shopapi-v2"
+    shutil.copytree(API_SRC, src)
+    (src / "shopapi" / "CHANGES").write_text("v2: same dependencies, new code\n")
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_api_source": str(src)}))
+
+
+@pytest.fixture(scope="session")
+def api_without_lock(workdir, api_v2):
+    """A release with only a loose requirements.txt while app_service_require_lock is true."""
+    src = workdir / "shopapi-nolock"
+    shutil.copytree(API_SRC, src)
+    (src / "requirements.lock").unlink()
+    (src / "requirements.txt").write_text("fastapi\nuvicorn\npsycopg[binary]\n")
+    host = app_host()
+    port = serving_port(host, "api")
+    before = {"current": current_release(host, "api"), "port": port,
+              "pid": host.check_output(f"systemctl show -p MainPID --value api@{port}"),
+              "releases": sorted(host.check_output("ls /srv/api/releases").split())}
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_api_source": str(src)}))
+    return proc, before

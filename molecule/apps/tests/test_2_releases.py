@@ -1,0 +1,31 @@
+"""Further deploys of the API: a changed source with the same lock, and a
+release without a lock file while app_service_require_lock is true."""
+
+from conftest import current_release, freeze, report, serving_port
+
+testinfra_hosts = ["ansible://apps-host"]
+
+
+def test_changed_source_same_lock_gives_identical_freeze(host, api_v2, first_api_release):
+    rc, _ = api_v2
+    assert rc == 0
+    second = current_release(host, "api")
+    assert second != first_api_release
+    first_freeze = freeze(host, f"/srv/api/releases/{first_api_release}")
+    second_freeze = freeze(host, f"/srv/api/releases/{second}")
+    report(f"api: releases {first_api_release} and {second}: pip freeze identical = {first_freeze == second_freeze}")
+    assert second_freeze == first_freeze
+    wheelhouses = host.check_output("ls /var/cache/stack-pip/wheelhouse").split()
+    report(f"api: wheelhouses in the shared cache: {wheelhouses}")
+
+
+def test_release_without_lock_is_refused_and_serving_release_untouched(host, api_without_lock):
+    (rc, out), before = api_without_lock
+    assert rc != 0
+    assert "app_service_require_lock is true" in out
+    assert "requirements.lock (app_service_python_lock_file)" in out and "uv.lock" in out
+    port = serving_port(host, "api")
+    assert current_release(host, "api") == before["current"] and port == before["port"]
+    assert host.check_output(f"systemctl show -p MainPID --value api@{port}") == before["pid"]
+    assert sorted(host.check_output("ls /srv/api/releases").split()) == before["releases"]
+    assert not host.file("/run/lock/app_service-api.lock").exists

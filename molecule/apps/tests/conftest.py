@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from stacktest import run_playbook  # noqa: E402
 SCENARIO_DIR = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).resolve().parent.parent))
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
 API_SRC = SCENARIO_DIR / "files" / "shopapi"
+UV_SRC = SCENARIO_DIR / "files" / "uv"
 PORTS = {"api": (8101, 8102), "web": (3001, 3002)}
 PSQL = "sudo -u postgres psql -p 9992 -d shop -Atc"
 
@@ -90,10 +90,8 @@ def lock_pins(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def workdir():
-    path = Path(tempfile.mkdtemp(prefix="apps_test_"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("apps")
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +109,18 @@ def api_v2(workdir, first_api_release):
 
 
 @pytest.fixture(scope="session")
-def api_without_lock(workdir, api_v2):
+def api_uv(workdir, api_v2):
+    """The API as a uv project: pyproject.toml and uv.lock, no requirements.lock."""
+    src = workdir / "shopapi-uv"
+    shutil.copytree(API_SRC, src)
+    (src / "requirements.lock").unlink()
+    for name in ("pyproject.toml", "uv.lock"):
+        shutil.copy(UV_SRC / name, src / name)
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_api_source": str(src)}))
+
+
+@pytest.fixture(scope="session")
+def api_without_lock(workdir, api_uv):
     """A release with only a loose requirements.txt while app_service_require_lock is true."""
     src = workdir / "shopapi-nolock"
     shutil.copytree(API_SRC, src)

@@ -19,6 +19,19 @@ def test_changed_source_same_lock_gives_identical_freeze(host, api_v2, first_api
     report(f"api: wheelhouses in the shared cache: {wheelhouses}")
 
 
+def test_uv_lock_is_exported_and_gives_the_same_freeze(host, api_uv, first_api_release):
+    rc, out = api_uv
+    assert rc == 0
+    release = f"/srv/api/releases/{current_release(host, 'api')}"
+    exported = host.file(f"{release}/.app_service_uv_requirements.txt")
+    assert exported.user == "root" and "--hash=sha256:" in exported.content_string
+    assert "pytest" not in exported.content_string  # the dev group stays out
+    uv = host.check_output("/opt/app_service/uv-0.13.8/bin/uv --version")
+    report(f"api: uv.lock release {current_release(host, 'api')} built with {uv}")
+    assert freeze(host, release) == freeze(host, f"/srv/api/releases/{first_api_release}")
+    assert host.file("/opt/app_service").user == "root" and not host.file("/opt/app_service").mode & 0o022
+
+
 def test_release_without_lock_is_refused_and_serving_release_untouched(host, api_without_lock):
     (rc, out), before = api_without_lock
     assert rc != 0

@@ -8,6 +8,7 @@ ansible-playbook (session fixtures, run once, in order).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,6 +44,16 @@ def playbook(*extra: str) -> tuple[int, str]:
 
 def app_host():
     return testinfra.get_host(f"ansible://apps-host?ansible_inventory={INVENTORY}")
+
+
+def egress_host():
+    return testinfra.get_host(f"ansible://apps-egress?ansible_inventory={INVENTORY}")
+
+
+def deploy_key_sha256() -> str:  # noqa: N802 - reads like the constant it is
+    """sha256 of the test deploy key prepare.yml made (as the role writes it)."""
+    key = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "deploy_key").read_text()
+    return hashlib.sha256((key.strip() + "\n").encode()).hexdigest()
 
 
 def _q(text: str) -> str:

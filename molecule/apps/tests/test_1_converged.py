@@ -3,7 +3,8 @@
 import json
 import uuid
 
-from conftest import API_SRC, PSQL, current_release, freeze, http, lock_pins, normalize, report, serving_port
+from conftest import (API_SRC, PSQL, current_release, deploy_key_sha256, egress_host, freeze, http, lock_pins, normalize,
+                      report, serving_port)
 
 testinfra_hosts = ["ansible://apps-host"]
 
@@ -78,3 +79,21 @@ def test_worker_and_nightly_commands_run_in_the_release(host):
     assert host.check_output(f"{PSQL} \"SELECT count(*) FROM items WHERE NOT processed\"") == "0"
     log = host.check_output("journalctl -u shop-worker --no-pager -o cat")
     assert "shopapi worker stopped" in log
+
+
+def test_frontend_came_from_git_over_ssh_with_the_deploy_key_only(host):
+    egress = egress_host()
+    head = egress.check_output("git --git-dir=/srv/git/web.git rev-parse main")
+    assert current_release(host, "web") == head[:12]
+    key_dir, key = host.file("/srv/web/git"), host.file("/srv/web/git/deploy_key")
+    assert key_dir.user == "root" and key_dir.mode == 0o700
+    assert key.user == "root" and key.group == "root" and key.mode == 0o600
+    assert key.sha256sum == deploy_key_sha256()
+    # The git host's key was accepted on first use and pinned in the app's own file.
+    pinned = host.check_output("ssh-keygen -F apps-egress -f /srv/web/git/known_hosts")
+    assert egress.check_output("cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub") in pinned
+    # sshd saw exactly this key (its fingerprint), for the git user.
+    fingerprint = egress.check_output("ssh-keygen -lf /srv/git/.ssh/authorized_keys").split()[1]
+    log = egress.check_output("journalctl -u ssh --no-pager -o cat")
+    report(f"web: release {current_release(host, 'web')} is commit {head[:12]}; sshd accepted {fingerprint}")
+    assert "Accepted publickey for git" in log and fingerprint in log

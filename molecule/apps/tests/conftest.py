@@ -50,7 +50,7 @@ def egress_host():
     return testinfra.get_host(f"ansible://apps-egress?ansible_inventory={INVENTORY}")
 
 
-def deploy_key_sha256() -> str:  # noqa: N802 - reads like the constant it is
+def deploy_key_sha256() -> str:
     """sha256 of the test deploy key prepare.yml made (as the role writes it)."""
     key = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "deploy_key").read_text()
     return hashlib.sha256((key.strip() + "\n").encode()).hexdigest()

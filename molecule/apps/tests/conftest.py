@@ -116,7 +116,7 @@ def api_v2(workdir, first_api_release):
     src = workdir / "shopapi-v2"
     shutil.copytree(API_SRC, src)
     (src / "shopapi" / "CHANGES").write_text("v2: same dependencies, new code\n")
-    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_api_source": str(src)}))
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +127,7 @@ def api_uv(workdir, api_v2):
     (src / "requirements.lock").unlink()
     for name in ("pyproject.toml", "uv.lock"):
         shutil.copy(UV_SRC / name, src / name)
-    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_api_source": str(src)}))
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
 
 
 @pytest.fixture(scope="session")
@@ -142,5 +142,5 @@ def api_without_lock(workdir, api_uv):
     before = {"current": current_release(host, "api"), "port": port,
               "pid": host.check_output(f"systemctl show -p MainPID --value api@{port}"),
               "releases": sorted(host.check_output("ls /srv/api/releases").split())}
-    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_api_source": str(src)}))
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
     return proc, before

@@ -69,7 +69,7 @@ def test_worker_and_nightly_commands_run_in_the_release(host):
     # As the role will run them: the app user, the release directory, the app's env file.
     run = ("systemd-run --quiet --wait --pipe --collect --uid=api --gid=api --working-directory=/srv/api/current "
            "--property=EnvironmentFile=/etc/api/env --setenv=PATH=/srv/api/current/.venv/bin:/usr/bin:/bin ")
-    assert "nightly run" in host.check_output(run + "python -m shopapi.nightly")
+    assert "nightly run" in host.check_output(run + "/usr/bin/env python -m shopapi.nightly")
     assert host.check_output(f"{PSQL} \"SELECT count(*) FROM runs WHERE kind = 'nightly'\"") == "1"
     host.check_output("systemd-run --unit=shop-worker --collect --uid=api --gid=api "
                       "--working-directory=/srv/api/current --property=EnvironmentFile=/etc/api/env "

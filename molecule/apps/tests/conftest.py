@@ -25,6 +25,7 @@ from stacktest import run_playbook  # noqa: E402
 SCENARIO_DIR = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).resolve().parent.parent))
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
 API_SRC = SCENARIO_DIR / "files" / "shopapi"
+WEB_SRC = SCENARIO_DIR / "files" / "web"
 UV_SRC = SCENARIO_DIR / "files" / "uv"
 PORTS = {"api": (8101, 8102), "web": (3001, 3002)}
 PSQL = "sudo -u postgres psql -p 9992 -d shop -Atc"
@@ -137,10 +138,26 @@ def api_without_lock(workdir, api_uv):
     shutil.copytree(API_SRC, src)
     (src / "requirements.lock").unlink()
     (src / "requirements.txt").write_text("fastapi\nuvicorn\npsycopg[binary]\n")
-    host = app_host()
-    port = serving_port(host, "api")
-    before = {"current": current_release(host, "api"), "port": port,
-              "pid": host.check_output(f"systemctl show -p MainPID --value api@{port}"),
-              "releases": sorted(host.check_output("ls /srv/api/releases").split())}
+    before = snapshot(app_host(), "api")
     return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
     return proc, before
+
+
+def snapshot(host, app: str) -> dict:
+    """What a refused deploy must leave as it was."""
+    port = serving_port(host, app)
+    return {"current": current_release(host, app), "port": port,
+            "pid": host.check_output(f"systemctl show -p MainPID --value {app}@{port}"),
+            "releases": sorted(host.check_output(f"ls /srv/{app}/releases").split())}
+
+
+@pytest.fixture(scope="session")
+def web_failed_build(workdir):
+    """A frontend whose build script fails (from a directory this time)."""
+    src = workdir / "web-broken"
+    shutil.copytree(WEB_SRC, src)
+    (src / "build.js").write_text('console.error("build: syntax error in app.jsx"); process.exit(1);\n')
+    host = app_host()
+    before = snapshot(host, "web")
+    return playbook("-e", json.dumps({"apps_deploy": ["web"], "apps_postgresql": False,
+                                      "app_service_source_type": "dir", "app_service_source_path": str(src)})), before

@@ -1,7 +1,7 @@
 """Further deploys of the API: a changed source with the same lock, and a
 release without a lock file while app_service_require_lock is true."""
 
-from conftest import current_release, freeze, report, serving_port
+from conftest import current_release, freeze, report, snapshot
 
 testinfra_hosts = ["ansible://apps-host"]
 
@@ -37,8 +37,14 @@ def test_release_without_lock_is_refused_and_serving_release_untouched(host, api
     assert rc != 0
     assert "app_service_require_lock is true" in out
     assert "requirements.lock (app_service_python_lock_file)" in out and "uv.lock" in out
-    port = serving_port(host, "api")
-    assert current_release(host, "api") == before["current"] and port == before["port"]
-    assert host.check_output(f"systemctl show -p MainPID --value api@{port}") == before["pid"]
-    assert sorted(host.check_output("ls /srv/api/releases").split()) == before["releases"]
+    assert snapshot(host, "api") == before
     assert not host.file("/run/lock/app_service-api.lock").exists
+
+
+def test_failed_node_build_leaves_nothing_and_the_serving_release_untouched(host, web_failed_build):
+    (rc, out), before = web_failed_build
+    assert rc != 0
+    assert "Building release" in out and "failed" in out
+    report(f"web: failed build refused, releases still {before['releases']}")
+    assert snapshot(host, "web") == before
+    assert not host.file("/run/lock/app_service-web.lock").exists

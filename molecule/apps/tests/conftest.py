@@ -139,8 +139,7 @@ def api_without_lock(workdir, api_uv):
     (src / "requirements.lock").unlink()
     (src / "requirements.txt").write_text("fastapi\nuvicorn\npsycopg[binary]\n")
     before = snapshot(app_host(), "api")
-    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
-    return proc, before
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)})), before
 
 
 def snapshot(host, app: str) -> dict:

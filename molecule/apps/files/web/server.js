@@ -1,0 +1,22 @@
+// node server.js: serves the built page at / and a health check at /healthz,
+// on $HOST:$PORT (set by the app_service unit).
+"use strict";
+const fs = require("fs");
+const http = require("http");
+const path = require("path");
+
+const page = fs.readFileSync(path.join(__dirname, "build", "index.html"));
+const server = http.createServer((req, res) => {
+  if (req.url === "/healthz") {
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end(JSON.stringify({ status: "ok", node: process.version }));
+  } else if (req.url === "/") {
+    res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
+    res.end(page);
+  } else {
+    res.writeHead(404);
+    res.end();
+  }
+});
+server.listen(Number(process.env.PORT || 3000), process.env.HOST || "127.0.0.1");
+process.on("SIGTERM", () => server.close(() => process.exit(0)));

@@ -1,0 +1,162 @@
+"""Helpers and session fixtures for the apps scenario's tests.
+
+Everything is checked from outside the apps: HTTP on their ports from inside
+the app host, psql as postgres, pip freeze of a release's virtualenv, file
+ownership, and further deploys through the scenario's converge.yml with
+ansible-playbook (session fixtures, run once, in order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import testinfra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from stacktest import run_playbook  # noqa: E402
+
+SCENARIO_DIR = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).resolve().parent.parent))
+INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
+API_SRC = SCENARIO_DIR / "files" / "shopapi"
+WEB_SRC = SCENARIO_DIR / "files" / "web"
+UV_SRC = SCENARIO_DIR / "files" / "uv"
+PORTS = {"api": (8101, 8102), "web": (3001, 3002)}
+PSQL = "sudo -u postgres psql -p 9992 -d shop -Atc"
+
+
+def report(line: str) -> None:
+    """A figure for the run's log (the verifier shows passed tests' output)."""
+    print(line)
+
+
+def playbook(*extra: str) -> tuple[int, str]:
+    """The scenario's converge.yml again, with extra arguments."""
+    rc, out = run_playbook(str(SCENARIO_DIR / "converge.yml"), *extra)
+    print("\n".join(out.splitlines()[-30:]))
+    return rc, out
+
+
+def app_host():
+    return testinfra.get_host(f"ansible://apps-host?ansible_inventory={INVENTORY}")
+
+
+def egress_host():
+    return testinfra.get_host(f"ansible://apps-egress?ansible_inventory={INVENTORY}")
+
+
+def deploy_key_sha256() -> str:
+    """sha256 of the test deploy key prepare.yml made (as the role writes it)."""
+    key = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "deploy_key").read_text()
+    return hashlib.sha256((key.strip() + "\n").encode()).hexdigest()
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def http(host, url: str, body: dict | None = None) -> tuple[int, str]:
+    """GET (or POST JSON) a URL from inside the app host: (status, body text)."""
+    code = (
+        "import json,sys,urllib.request,urllib.error\n"
+        "data=sys.argv[2].encode() if len(sys.argv)>2 else None\n"
+        "req=urllib.request.Request(sys.argv[1],data=data,headers={'Content-Type':'application/json'})\n"
+        "try:\n r=urllib.request.urlopen(req,timeout=10); s=r.status; b=r.read()\n"
+        "except urllib.error.HTTPError as e:\n s=e.code; b=e.read()\n"
+        "print(json.dumps({'status':s,'body':b.decode()}))\n"
+    )
+    args = f" {_q(json.dumps(body))}" if body is not None else ""
+    out = json.loads(host.check_output(f"python3 -c {_q(code)} {_q(url)}{args}"))
+    return out["status"], out["body"]
+
+
+def serving_port(host, app: str) -> int:
+    """The one port whose instance runs."""
+    ports = [p for p in PORTS[app] if host.service(f"{app}@{p}").is_running]
+    assert len(ports) == 1, f"{app}: expected one serving instance, got {ports}"
+    return ports[0]
+
+
+def current_release(host, app: str) -> str:
+    return host.check_output(f"readlink /srv/{app}/current").rsplit("/", 1)[-1]
+
+
+def freeze(host, release_dir: str) -> list[str]:
+    return host.check_output(f"{release_dir}/.venv/bin/python -m pip freeze").splitlines()
+
+
+def normalize(requirement: str) -> str:
+    """name==version with the name as PEP 503 normalizes it, extras dropped."""
+    name, version = requirement.split("==")
+    return re.sub(r"[-_.]+", "-", name.split("[")[0]).lower() + "==" + version.strip()
+
+
+def lock_pins(path: Path) -> list[str]:
+    return sorted(normalize(line.split()[0]) for line in path.read_text().splitlines() if re.match(r"^[A-Za-z]", line))
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("apps")
+
+
+@pytest.fixture(scope="session")
+def first_api_release():
+    return current_release(app_host(), "api")
+
+
+@pytest.fixture(scope="session")
+def api_v2(workdir, first_api_release):
+    """A changed API source (new release id), the same lock."""
+    src = workdir / "shopapi-v2"
+    shutil.copytree(API_SRC, src)
+    (src / "shopapi" / "CHANGES").write_text("v2: same dependencies, new code\n")
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
+
+
+@pytest.fixture(scope="session")
+def api_uv(workdir, api_v2):
+    """The API as a uv project: pyproject.toml and uv.lock, no requirements.lock."""
+    src = workdir / "shopapi-uv"
+    shutil.copytree(API_SRC, src)
+    (src / "requirements.lock").unlink()
+    for name in ("pyproject.toml", "uv.lock"):
+        shutil.copy(UV_SRC / name, src / name)
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
+
+
+@pytest.fixture(scope="session")
+def api_without_lock(workdir, api_uv):
+    """A release with only a loose requirements.txt while app_service_require_lock is true."""
+    src = workdir / "shopapi-nolock"
+    shutil.copytree(API_SRC, src)
+    (src / "requirements.lock").unlink()
+    (src / "requirements.txt").write_text("fastapi\nuvicorn\npsycopg[binary]\n")
+    before = snapshot(app_host(), "api")
+    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)})), before
+
+
+def snapshot(host, app: str) -> dict:
+    """What a refused deploy must leave as it was."""
+    port = serving_port(host, app)
+    return {"current": current_release(host, app), "port": port,
+            "pid": host.check_output(f"systemctl show -p MainPID --value {app}@{port}"),
+            "releases": sorted(host.check_output(f"ls /srv/{app}/releases").split())}
+
+
+@pytest.fixture(scope="session")
+def web_failed_build(workdir):
+    """A frontend whose build script fails (from a directory this time)."""
+    src = workdir / "web-broken"
+    shutil.copytree(WEB_SRC, src)
+    (src / "build.js").write_text('console.error("build: syntax error in app.jsx"); process.exit(1);\n')
+    host = app_host()
+    before = snapshot(host, "web")
+    return playbook("-e", json.dumps({"apps_deploy": ["web"], "apps_postgresql": False,
+                                      "app_service_source_type": "dir", "app_service_source_path": str(src)})), before

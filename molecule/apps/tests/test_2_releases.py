@@ -1,0 +1,50 @@
+"""Further deploys of the API: a changed source with the same lock, and a
+release without a lock file while app_service_require_lock is true."""
+
+from conftest import current_release, freeze, report, snapshot
+
+testinfra_hosts = ["ansible://apps-host"]
+
+
+def test_changed_source_same_lock_gives_identical_freeze(host, api_v2, first_api_release):
+    rc, _ = api_v2
+    assert rc == 0
+    second = current_release(host, "api")
+    assert second != first_api_release
+    first_freeze = freeze(host, f"/srv/api/releases/{first_api_release}")
+    second_freeze = freeze(host, f"/srv/api/releases/{second}")
+    report(f"api: releases {first_api_release} and {second}: pip freeze identical = {first_freeze == second_freeze}")
+    assert second_freeze == first_freeze
+    wheelhouses = host.check_output("ls /var/cache/stack-pip/wheelhouse").split()
+    report(f"api: wheelhouses in the shared cache: {wheelhouses}")
+
+
+def test_uv_lock_is_exported_and_gives_the_same_freeze(host, api_uv, first_api_release):
+    rc, out = api_uv
+    assert rc == 0
+    release = f"/srv/api/releases/{current_release(host, 'api')}"
+    exported = host.file(f"{release}/.app_service_uv_requirements.txt")
+    assert exported.user == "root" and "--hash=sha256:" in exported.content_string
+    assert "pytest" not in exported.content_string  # the dev group stays out
+    uv = host.check_output("/opt/app_service/uv-0.13.8/bin/uv --version")
+    report(f"api: uv.lock release {current_release(host, 'api')} built with {uv}")
+    assert freeze(host, release) == freeze(host, f"/srv/api/releases/{first_api_release}")
+    assert host.file("/opt/app_service").user == "root" and not host.file("/opt/app_service").mode & 0o022
+
+
+def test_release_without_lock_is_refused_and_serving_release_untouched(host, api_without_lock):
+    (rc, out), before = api_without_lock
+    assert rc != 0
+    assert "app_service_require_lock is true" in out
+    assert "requirements.lock (app_service_python_lock_file)" in out and "uv.lock" in out
+    assert snapshot(host, "api") == before
+    assert not host.file("/run/lock/app_service-api.lock").exists
+
+
+def test_failed_node_build_leaves_nothing_and_the_serving_release_untouched(host, web_failed_build):
+    (rc, out), before = web_failed_build
+    assert rc != 0
+    assert "Building release" in out and "failed" in out
+    report(f"web: failed build refused, releases still {before['releases']}")
+    assert snapshot(host, "web") == before
+    assert not host.file("/run/lock/app_service-web.lock").exists

@@ -2,8 +2,9 @@
 
 Everything is checked from outside the apps: HTTP on their ports from inside
 the app host, psql as postgres, pip freeze of a release's virtualenv, file
-ownership, and further deploys through the scenario's converge.yml with
-ansible-playbook (session fixtures, run once, in order).
+ownership, requests through Caddy over HTTPS, and further runs of the
+stack's playbooks (redeploy.yml, site.yml, run.yml) with ansible-playbook
+(session fixtures, run once, in order).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import testinfra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from stacktest import run_playbook  # noqa: E402
+from stacktest import CADDY_CA, HTTPS, RequestLoop, run_playbook  # noqa: E402
 
 SCENARIO_DIR = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).resolve().parent.parent))
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
@@ -36,9 +37,10 @@ def report(line: str) -> None:
     print(line)
 
 
-def playbook(*extra: str) -> tuple[int, str]:
-    """The scenario's converge.yml again, with extra arguments."""
-    rc, out = run_playbook(str(SCENARIO_DIR / "converge.yml"), *extra)
+def playbook(*extra: str, name: str = "playbooks/redeploy.yml") -> tuple[int, str]:
+    """One of the stack's playbooks (redeploy.yml by default) against the
+    scenario's inventory, with extra arguments."""
+    rc, out = run_playbook(name, *extra)
     print("\n".join(out.splitlines()[-30:]))
     return rc, out
 
@@ -61,19 +63,29 @@ def _q(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-def http(host, url: str, body: dict | None = None) -> tuple[int, str]:
-    """GET (or POST JSON) a URL from inside the app host: (status, body text)."""
+def http(host, url: str, body: dict | None = None, headers: bool = False):
+    """GET (or POST JSON) a URL from inside the app host: (status, body text),
+    plus the response headers with headers=True. HTTPS is verified against
+    Caddy's internal CA."""
     code = (
-        "import json,sys,urllib.request,urllib.error\n"
+        "import json,ssl,sys,urllib.request,urllib.error\n"
+        f"ctx=ssl.create_default_context(cafile={CADDY_CA!r}) if sys.argv[1].startswith('https') else None\n"
         "data=sys.argv[2].encode() if len(sys.argv)>2 else None\n"
         "req=urllib.request.Request(sys.argv[1],data=data,headers={'Content-Type':'application/json'})\n"
-        "try:\n r=urllib.request.urlopen(req,timeout=10); s=r.status; b=r.read()\n"
-        "except urllib.error.HTTPError as e:\n s=e.code; b=e.read()\n"
-        "print(json.dumps({'status':s,'body':b.decode()}))\n"
+        "try:\n r=urllib.request.urlopen(req,timeout=10,context=ctx); s=r.status; b=r.read(); h=dict(r.headers)\n"
+        "except urllib.error.HTTPError as e:\n s=e.code; b=e.read(); h=dict(e.headers)\n"
+        "print(json.dumps({'status':s,'body':b.decode(),'headers':h}))\n"
     )
     args = f" {_q(json.dumps(body))}" if body is not None else ""
     out = json.loads(host.check_output(f"python3 -c {_q(code)} {_q(url)}{args}"))
+    if headers:
+        return out["status"], out["body"], out["headers"]
     return out["status"], out["body"]
+
+
+def site(host, path: str, body: dict | None = None, headers: bool = False):
+    """A request through Caddy over HTTPS (the stack's site on 8443)."""
+    return http(host, HTTPS + path, body, headers)
 
 
 def serving_port(host, app: str) -> int:
@@ -117,7 +129,7 @@ def api_v2(workdir, first_api_release):
     src = workdir / "shopapi-v2"
     shutil.copytree(API_SRC, src)
     (src / "shopapi" / "CHANGES").write_text("v2: same dependencies, new code\n")
-    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
+    return playbook("-e", json.dumps({"apps_api_source": str(src)}))
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +140,7 @@ def api_uv(workdir, api_v2):
     (src / "requirements.lock").unlink()
     for name in ("pyproject.toml", "uv.lock"):
         shutil.copy(UV_SRC / name, src / name)
-    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)}))
+    return playbook("-e", json.dumps({"apps_api_source": str(src)}))
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +151,7 @@ def api_without_lock(workdir, api_uv):
     (src / "requirements.lock").unlink()
     (src / "requirements.txt").write_text("fastapi\nuvicorn\npsycopg[binary]\n")
     before = snapshot(app_host(), "api")
-    return playbook("-e", json.dumps({"apps_deploy": ["api"], "apps_postgresql": False, "apps_api_source": str(src)})), before
+    return playbook("-e", json.dumps({"apps_api_source": str(src)})), before
 
 
 def snapshot(host, app: str) -> dict:
@@ -158,5 +170,4 @@ def web_failed_build(workdir):
     (src / "build.js").write_text('console.error("build: syntax error in app.jsx"); process.exit(1);\n')
     host = app_host()
     before = snapshot(host, "web")
-    return playbook("-e", json.dumps({"apps_deploy": ["web"], "apps_postgresql": False,
-                                      "app_service_source_type": "dir", "app_service_source_path": str(src)})), before
+    return playbook("-e", json.dumps({"apps_web_source_type": "dir", "apps_web_source": str(src)})), before

@@ -4,7 +4,7 @@ import json
 import uuid
 
 from conftest import (API_SRC, PSQL, current_release, deploy_key_sha256, egress_host, freeze, http, lock_pins, normalize,
-                      report, serving_port)
+                      report, serving_port, site)
 
 testinfra_hosts = ["ansible://apps-host"]
 
@@ -65,20 +65,41 @@ def test_api_reaches_the_egress_host(host):
     assert status == 200 and json.loads(body).get("status") == 200
 
 
-def test_worker_and_nightly_commands_run_in_the_release(host):
-    # As the role will run them: the app user, the release directory, the app's env file.
-    run = ("systemd-run --quiet --wait --pipe --collect --uid=api --gid=api --working-directory=/srv/api/current "
-           "--property=EnvironmentFile=/etc/api/env --setenv=PATH=/srv/api/current/.venv/bin:/usr/bin:/bin ")
-    assert "nightly run" in host.check_output(run + "/usr/bin/env python -m shopapi.nightly")
-    assert host.check_output(f"{PSQL} \"SELECT count(*) FROM runs WHERE kind = 'nightly'\"") == "1"
-    host.check_output("systemd-run --unit=shop-worker --collect --uid=api --gid=api "
-                      "--working-directory=/srv/api/current --property=EnvironmentFile=/etc/api/env "
-                      "/srv/api/current/.venv/bin/python -m shopapi.worker")
-    host.check_output("sleep 3")
-    host.check_output("systemctl stop shop-worker")
-    assert host.check_output(f"{PSQL} \"SELECT count(*) FROM items WHERE NOT processed\"") == "0"
-    log = host.check_output("journalctl -u shop-worker --no-pager -o cat")
-    assert "shopapi worker stopped" in log
+def test_both_apps_answer_through_caddy_on_their_routes(host):
+    status, page = site(host, "/")
+    assert status == 200 and current_release(host, "web") in page
+    status, body = site(host, "/api/healthz")
+    assert status == 200 and json.loads(body)["release"] == current_release(host, "api")
+    status, body = site(host, "/healthz")
+    assert status == 200 and json.loads(body)["release"] == current_release(host, "web")
+    report(f"through Caddy: / and /healthz from web {current_release(host, 'web')}, "
+           f"/api/healthz from api {current_release(host, 'api')}")
+
+
+def test_worker_processes_the_rows_the_api_writes(host):
+    """api-worker.service shares the API's release, environment and database role."""
+    name = f"job-{uuid.uuid4().hex[:8]}"
+    status, body = site(host, "/api/items", {"name": name})
+    assert status == 201, body
+    done = ""
+    for _ in range(30):
+        done = host.check_output(f"{PSQL} \"SELECT processed FROM items WHERE name = '{name}'\"")
+        if done == "t":
+            break
+        host.check_output("sleep 1")
+    assert done == "t", "api-worker did not process the row"
+    unit = host.check_output("systemctl show -p User -p WorkingDirectory -p ActiveState api-worker.service")
+    assert "User=api" in unit and "WorkingDirectory=/srv/api/current" in unit and "ActiveState=active" in unit
+
+
+def test_nightly_timer_is_scheduled_and_its_job_runs_in_the_release(host):
+    timers = host.check_output("systemctl list-timers --all --no-legend api-nightly.timer")
+    assert "api-nightly.timer" in timers and "api-nightly.service" in timers
+    before = int(host.check_output(f"{PSQL} \"SELECT count(*) FROM runs WHERE kind = 'nightly'\""))
+    host.check_output("systemctl start api-nightly.service")
+    after = int(host.check_output(f"{PSQL} \"SELECT count(*) FROM runs WHERE kind = 'nightly'\""))
+    assert after == before + 1
+    assert "nightly run" in host.check_output("journalctl -u api-nightly.service --no-pager -o cat")
 
 
 def test_frontend_came_from_git_over_ssh_with_the_deploy_key_only(host):

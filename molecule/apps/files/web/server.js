@@ -6,10 +6,12 @@ const http = require("http");
 const path = require("path");
 
 const page = fs.readFileSync(path.join(__dirname, "build", "index.html"));
+// The release id app_service writes into every release.
+const release = fs.readFileSync(path.join(__dirname, "RELEASE_ID"), "utf8").trim();
 const server = http.createServer((req, res) => {
   if (req.url === "/healthz") {
     res.writeHead(200, { "Content-Type": "application/json" });
-    res.end(JSON.stringify({ status: "ok", node: process.version }));
+    res.end(JSON.stringify({ status: "ok", release, node: process.version }));
   } else if (req.url === "/") {
     res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
     res.end(page);

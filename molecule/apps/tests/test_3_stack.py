@@ -1,0 +1,96 @@
+"""The two apps through the stack's playbooks: a redeploy of both under load,
+a one-off command (run.yml), the maintenance switch, strict egress, and
+check mode on the converged host."""
+
+import json
+import shutil
+
+from conftest import API_SRC, current_release, egress_host, http, playbook, report, serving_port, site
+
+from stacktest import RequestLoop, recap
+
+testinfra_hosts = ["ansible://apps-host"]
+SECRETS = ("shop-owner-Secret-42", "shop-rw-Secret-42", "shop-ro-Secret-42")
+
+
+def _push_frontend_commit(marker: str) -> str:
+    """A new commit on the frontend's repository on apps-egress; returns its id."""
+    egress = egress_host()
+    egress.check_output(
+        "rm -rf /tmp/web-work && git clone -q /srv/git/web.git /tmp/web-work && cd /tmp/web-work"
+        f" && echo {marker} > VERSION && git add VERSION"
+        f" && git -c user.email=t@example.test -c user.name=test commit -qm {marker}"
+        " && git push -q origin HEAD:main && chown -R git:git /srv/git/web.git")
+    return egress.check_output("git --git-dir=/srv/git/web.git rev-parse main")[:12]
+
+
+def test_redeploy_of_both_apps_loses_no_request(host, tmp_path):
+    before = {app: current_release(host, app) for app in ("api", "web")}
+    source = tmp_path / "shopapi-v3"
+    shutil.copytree(API_SRC, source)
+    (source / "shopapi" / "CHANGES").write_text("v3\n")
+    commit = _push_frontend_commit("v3")
+    with RequestLoop(host, "apps-api", "/api/healthz") as api_loop, RequestLoop(host, "apps-web", "/healthz") as web_loop:
+        rc, out = playbook("-e", json.dumps({"apps_api_source": str(source)}))
+    assert rc == 0, out[-4000:]
+    after = {app: current_release(host, app) for app in ("api", "web")}
+    assert after["web"] == commit and after["api"] != before["api"], (before, after)
+    for loop in (api_loop, web_loop):
+        assert loop.result["requests"] > 50
+        assert loop.result["failures"] == 0, loop.result
+    # The pre-migration backup of the run, tagged so retention keeps it apart.
+    status = json.loads(host.check_output("cat /var/lib/backups/status.json"))
+    report(f"redeploy of both apps: {before} -> {after}; backup {status['last_run']['set']}")
+    assert status["last_run"]["set"].endswith("-premigration") and status["last_run"]["result"] == "ok"
+
+
+def test_run_playbook_runs_a_command_in_the_current_release(host):
+    runs = "sudo -u postgres psql -p 9992 -d shop -Atc \"SELECT count(*) FROM runs WHERE kind = 'nightly'\""
+    before = int(host.check_output(runs))
+    rc, out = playbook("-e", json.dumps({"app_command": ["python", "-m", "shopapi.nightly"], "app_name": "api"}),
+                       name="playbooks/run.yml")
+    assert rc == 0, out[-4000:]
+    assert "nightly run" in out
+    assert int(host.check_output(runs)) == before + 1
+    assert not any(secret in out for secret in SECRETS)
+
+
+def test_maintenance_switch_serves_503_and_keeps_the_health_paths(host):
+    rc, out = playbook("--tags", "maintenance", "-e", "maintenance=on", name="playbooks/site.yml")
+    assert rc == 0, out[-4000:]
+    status, body, headers = site(host, "/", headers=True)
+    report(f"maintenance on: / -> {status}, Retry-After {headers.get('Retry-After')}")
+    assert status == 503 and headers.get("Retry-After") == "300" and "maintenance" in body.lower()
+    assert site(host, "/api/items")[0] == 503
+    assert site(host, "/api/healthz")[0] == 200 and site(host, "/healthz")[0] == 200
+    assert host.file("/etc/caddy/stack-maintenance").exists
+    rc, out = playbook("--tags", "maintenance", "-e", "maintenance=off", name="playbooks/site.yml")
+    assert rc == 0, out[-4000:]
+    assert site(host, "/")[0] == 200 and site(host, "/api/items")[0] == 200
+    assert not host.file("/etc/caddy/stack-maintenance").exists
+
+
+def _egress(host) -> dict:
+    port = serving_port(host, "api")
+    status, body = http(host, f"http://127.0.0.1:{port}/api/egress?url=http://apps-egress:8000/")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_strict_egress_refuses_the_outbound_call_the_default_allows(host):
+    assert _egress(host).get("status") == 200
+    rc, out = playbook("--tags", "app_service", "-e", "app_service_egress=localhost", name="playbooks/site.yml")
+    assert rc == 0, out[-4000:]
+    refused = _egress(host)
+    report(f"egress localhost: /api/egress -> {refused}")
+    assert refused.get("status") != 200 and refused.get("error")
+    rc, out = playbook("--tags", "app_service", name="playbooks/site.yml")
+    assert rc == 0, out[-4000:]
+    assert _egress(host).get("status") == 200
+
+
+def test_check_mode_on_the_converged_host_reports_no_changes(host):
+    rc, out = playbook("--check", "--diff", name="playbooks/site.yml")
+    assert rc == 0, out[-4000:]
+    changed = {name: counters.get("changed", 0) for name, counters in recap(out).items()}
+    assert set(changed.values()) == {0}, (changed, out[-4000:])

@@ -105,3 +105,23 @@ def test_respond_route_refuses_bad_status_and_multiline_body():
         caddy.caddy_sites_render([{"address": "example.com", "routes": [{"respond": {"status": 99}}]}])
     with pytest.raises(caddy.AnsibleFilterError, match="single-line"):
         caddy.caddy_sites_render([{"address": "example.com", "routes": [{"respond": {"body": "a\nb"}}]}])
+
+
+def test_the_per_app_include_maps_every_key_of_the_plan():
+    """roles/stack/tasks/app.yml turns each planned app into app_service's
+    variables: a key of APP_DEFAULTS it forgets would silently fall back to
+    the inventory's app_service_* value (another app's setting), and a key
+    it reads that the plan lacks would fail only on a host."""
+    import yaml
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "stack", "tasks", "app.yml")
+    with open(path, encoding="utf-8") as handle:
+        tasks = yaml.safe_load(handle)
+    mappings = [t["vars"] for t in tasks if t.get("ansible.builtin.include_role")]
+    assert len(mappings) == 2 and mappings[0] == mappings[1]
+    read = {value.split("__stack_app.")[1].split()[0] for value in mappings[0].values() if "__stack_app." in value}
+    # Used by the stack role itself (routes, final health checks), not app_service.
+    stack_only = {"route", "deep_health_path"}
+    assert read - set(stack.APP_DEFAULTS) == set()
+    assert set(stack.APP_DEFAULTS) - read - stack_only == set()
+    # Each app_service variable is set once, from the key of the same name where one exists.
+    assert all(key.startswith("app_service_") for key in mappings[0])

@@ -73,11 +73,21 @@ for platform in own.get("platforms") or base["platforms"]:
 PY
 }
 
+# One Debian release per role scenario: the whole-stack scenarios run every
+# role on the other one too (default and apps on Debian 12, fleet on 13).
+# base keeps both hosts: its firewall tests talk from one to the other.
+# STACK_ALL_RELEASES=1 runs every platform of every scenario.
+declare -A ONE_RELEASE=([app_service]=debian13 [postgresql]=debian13 [caddy]=debian12 [backups]=debian12)
+
 do_molecule() { # do_molecule SCENARIO
-  local scenario="$1" rc
+  local scenario="$1" rc args=()
   mkdir -p reports "${STACK_CACHE_DIR:-/var/cache/ansible-stack}"
   prepare_scenario "$scenario"
-  molecule test -s "$scenario" 2>&1 | tee "reports/molecule-${scenario}.log"
+  if [ -z "${STACK_ALL_RELEASES:-}" ] && [ -n "${ONE_RELEASE[$scenario]:-}" ]; then
+    args=(--platform-name "${scenario}-${ONE_RELEASE[$scenario]}")
+    echo "platform: ${args[1]} (STACK_ALL_RELEASES=1 for every release)"
+  fi
+  molecule test -s "$scenario" "${args[@]}" 2>&1 | tee "reports/molecule-${scenario}.log"
   rc=${PIPESTATUS[0]}
   return "$rc"
 }

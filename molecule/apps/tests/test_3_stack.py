@@ -5,7 +5,7 @@ check mode on the converged host."""
 import json
 import shutil
 
-from conftest import API_SRC, current_release, egress_host, http, playbook, report, serving_port, site
+from conftest import API_SRC, SCENARIO_DIR, current_release, egress_host, http, playbook, report, serving_port, site
 
 from stacktest import RequestLoop, recap
 
@@ -89,6 +89,39 @@ def test_strict_egress_refuses_the_outbound_call_the_default_allows(host):
     rc, out = playbook("--tags", "app_service", name="playbooks/site.yml")
     assert rc == 0, out[-4000:]
     assert _egress(host).get("status") == 200
+
+
+def _inventory_apps() -> list[dict]:
+    import yaml
+    with open(SCENARIO_DIR / "inventory" / "group_vars" / "all.yml", encoding="utf-8") as handle:
+        return yaml.safe_load(handle)["stack_apps"]
+
+
+BAD_APPS = [
+    ("an unknown runtime", 1, {"runtime": "ruby"}, "stack_apps[1].runtime: must be one of python, node"),
+    ("a process without a command", 1, {"processes": [{"name": "worker"}]},
+     "stack_apps[1].processes[0].command: needs a command"),
+    ("two apps on one port", 1, {"ports": [3002, 8102]}, "stack_apps[1].ports: [3002] already used by stack_apps[0]"),
+    ("a route claimed by two apps", 1, {"route": "/*"}, "stack_apps[1].route: '/*' is claimed by stack_apps[0] (web)"),
+]
+
+
+def test_bad_input_fails_before_any_host_changes(host):
+    """site.yml with each bad stack_apps: the run fails in the stack's
+    preflight with a message naming the key, and no task changed anything
+    (the apps keep serving the same releases)."""
+    before = {app: current_release(host, app) for app in ("api", "web")}
+    for what, index, change, message in BAD_APPS:
+        apps = _inventory_apps()
+        apps[index] = {**apps[index], **change}
+        rc, out = playbook("-e", json.dumps({"stack_apps": apps}), name="playbooks/site.yml")
+        counters = recap(out)
+        report(f"bad input, {what}: rc={rc}, recap {counters}")
+        assert rc != 0, f"{what}: site.yml must fail"
+        assert message in out, f"{what}: no message naming the key in\n{out[-3000:]}"
+        assert counters and all(c.get("changed", 0) == 0 for c in counters.values()), counters
+        assert "TASK [app_service" not in out and "TASK [postgresql" not in out, f"{what}: a role ran"
+    assert {app: current_release(host, app) for app in ("api", "web")} == before
 
 
 def test_check_mode_on_the_converged_host_reports_no_changes(host):

@@ -124,17 +124,9 @@ def first_api_release():
 
 
 @pytest.fixture(scope="session")
-def api_v2(workdir, first_api_release):
-    """A changed API source (new release id), the same lock."""
-    src = workdir / "shopapi-v2"
-    shutil.copytree(API_SRC, src)
-    (src / "shopapi" / "CHANGES").write_text("v2: same dependencies, new code\n")
-    return playbook("-e", json.dumps({"apps_api_source": str(src)}))
-
-
-@pytest.fixture(scope="session")
-def api_uv(workdir, api_v2):
-    """The API as a uv project: pyproject.toml and uv.lock, no requirements.lock."""
+def api_uv(workdir, first_api_release):
+    """A changed API source (new release id): the API as a uv project,
+    pyproject.toml and uv.lock pinning the same set, no requirements.lock."""
     src = workdir / "shopapi-uv"
     shutil.copytree(API_SRC, src)
     (src / "requirements.lock").unlink()

@@ -72,25 +72,6 @@ def test_maintenance_switch_serves_503_and_keeps_the_health_paths(host):
     assert not host.file("/etc/caddy/stack-maintenance").exists
 
 
-def _egress(host) -> dict:
-    port = serving_port(host, "api")
-    status, body = http(host, f"http://127.0.0.1:{port}/api/egress?url=http://apps-egress:8000/")
-    assert status == 200, body
-    return json.loads(body)
-
-
-def test_strict_egress_refuses_the_outbound_call_the_default_allows(host):
-    assert _egress(host).get("status") == 200
-    rc, out = playbook("--tags", "app_service", "-e", "app_service_egress=localhost", name="playbooks/site.yml")
-    assert rc == 0, out[-4000:]
-    refused = _egress(host)
-    report(f"egress localhost: /api/egress -> {refused}")
-    assert refused.get("status") != 200 and refused.get("error")
-    rc, out = playbook("--tags", "app_service", name="playbooks/site.yml")
-    assert rc == 0, out[-4000:]
-    assert _egress(host).get("status") == 200
-
-
 def _inventory_apps() -> list[dict]:
     import yaml
     with open(SCENARIO_DIR / "inventory" / "group_vars" / "all.yml", encoding="utf-8") as handle:
@@ -129,3 +110,21 @@ def test_check_mode_on_the_converged_host_reports_no_changes(host):
     assert rc == 0, out[-4000:]
     changed = {name: counters.get("changed", 0) for name, counters in recap(out).items()}
     assert set(changed.values()) == {0}, (changed, out[-4000:])
+
+
+def _egress(host) -> dict:
+    port = serving_port(host, "api")
+    status, body = http(host, f"http://127.0.0.1:{port}/api/egress?url=http://apps-egress:8000/")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_strict_egress_refuses_the_outbound_call_the_default_allows(host):
+    """Last test of the scenario: it leaves the apps in strict egress (a run
+    to put them back would prove nothing the converge did not)."""
+    assert _egress(host).get("status") == 200
+    rc, out = playbook("--tags", "app_service", "-e", "app_service_egress=localhost", name="playbooks/site.yml")
+    assert rc == 0, out[-4000:]
+    refused = _egress(host)
+    report(f"egress localhost: /api/egress -> {refused}")
+    assert refused.get("status") != 200 and refused.get("error")

@@ -4,7 +4,9 @@ import json
 import uuid
 
 from conftest import (API_SRC, PSQL, current_release, deploy_key_sha256, egress_host, freeze, http, lock_pins, normalize,
-                      report, serving_port, site)
+                      playbook, report, serving_port, site)
+
+from stacktest import recap
 
 testinfra_hosts = ["ansible://apps-host"]
 
@@ -118,3 +120,11 @@ def test_frontend_came_from_git_over_ssh_with_the_deploy_key_only(host):
     log = egress.check_output("journalctl -u ssh --no-pager -o cat")
     report(f"web: release {current_release(host, 'web')} is commit {head[:12]}; sshd accepted {fingerprint}")
     assert "Accepted publickey for git" in log and fingerprint in log
+
+
+def test_check_mode_on_the_converged_host_reports_no_changes(host):
+    """Before the later tests deploy other sources: the converged state."""
+    rc, out = playbook("--check", "--diff", name="playbooks/site.yml")
+    assert rc == 0, out[-4000:]
+    changed = {name: counters.get("changed", 0) for name, counters in recap(out).items()}
+    assert set(changed.values()) == {0}, (changed, out[-4000:])

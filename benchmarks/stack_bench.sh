@@ -3,7 +3,11 @@
 #   1. cold converge of playbooks/site.yml on a fresh container;
 #   2. the no-op re-run: time and changed count;
 #   3. redeploy.yml of a new release while a request loop runs through Caddy:
-#      time, requests and failed requests.
+#      time, requests and failed requests; then a release with changed
+#      requirements (a new virtualenv).
+# Runs 2 and 3 are repeated with Ansible's linear strategy, the previous
+# approach, and printed with the ratio (ansible.cfg's default is stack_linear,
+# Mitogen).
 # Uses its own container (stack-bench, no published ports) beside any sandbox.
 #   make bench-stack      or      benchmarks/stack_bench.sh
 set -euo pipefail
@@ -30,52 +34,60 @@ timed_play() { # timed_play LOG ARGS... -> seconds on stdout
   echo $((SECONDS - start))
 }
 
+ratio() { python3 -c 'import sys; a, b = map(float, sys.argv[1:]); print(f"{a / b:.2f}" if b else "n/a")' "$1" "$2"; }
+
+# A request loop through Caddy for the duration of one redeploy.
+docker_loop_start() {
+  docker exec "$STACK_SANDBOX_NAME" rm -f /tmp/bench-loop.json /tmp/bench-loop.stop
+  docker exec "$STACK_SANDBOX_NAME" systemd-run --unit=bench-loop --collect /usr/bin/python3 /usr/local/bin/reqloop \
+    --url https://localhost:8443/health --cafile "$ca" --out /tmp/bench-loop.json --stop /tmp/bench-loop.stop --max-seconds 900 >/dev/null
+  sleep 2
+}
+docker_loop_stop() { # -> "REQUESTS FAILURES"
+  sleep 3
+  docker exec "$STACK_SANDBOX_NAME" touch /tmp/bench-loop.stop
+  for _ in $(seq 1 30); do docker exec "$STACK_SANDBOX_NAME" test -f /tmp/bench-loop.json && break; sleep 1; done
+  docker exec "$STACK_SANDBOX_NAME" cat /tmp/bench-loop.json \
+    | python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["requests"], r["failures"])'
+}
+release() { # release NAME [requirements-change] -> path of a new demo_app release
+  cp -r examples/demo_app "$work/$1" && echo "$1 $(date +%s)" > "$work/$1/RELEASE_NOTE"
+  [ -z "${2:-}" ] || echo "# $1: changed requirements, a new virtualenv" >> "$work/$1/requirements.txt"
+  echo "$work/$1"
+}
+redeploy_under_load() { # redeploy_under_load LOG SOURCE -> "SECONDS REQUESTS FAILURES"
+  local took
+  docker_loop_start
+  took=$(timed_play "$1" playbooks/redeploy.yml -e "stack_app_source_path=$2")
+  echo "$took $(docker_loop_stop)"
+}
+
 scripts/sandbox.sh destroy >/dev/null 2>&1 || true
 scripts/sandbox.sh start
+# The project's strategy (ansible.cfg: stack_linear, i.e. Mitogen), then the
+# same runs with Ansible's linear strategy as the previous approach.
 cold=$(timed_play "$work/cold" playbooks/site.yml)
 noop=$(timed_play "$work/noop" playbooks/site.yml)
 noop_changed=$(changed_count "$work/noop")
+noop_linear=$(ANSIBLE_STRATEGY=linear timed_play "$work/noop-linear" playbooks/site.yml)
+noop_linear_changed=$(changed_count "$work/noop-linear")
 
-# The same no-op re-run with Mitogen's strategy (README: Figures). Mitogen
-# replaces the connection plugins it knows by their short name, so the
-# container's host_vars say `docker` instead of community.docker.docker (an
-# extra var would also apply to the tasks delegated to localhost).
-mitogen_dir="$(python -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))' 2>/dev/null || true)"
-noop_mitogen="" noop_mitogen_changed=""
-if [ -n "$mitogen_dir" ]; then
-  mkdir -p "$inv/host_vars"
-  echo "ansible_connection: docker" > "$inv/host_vars/$STACK_SANDBOX_NAME.yml"
-  if noop_mitogen=$(ANSIBLE_STRATEGY_PLUGINS="$mitogen_dir/plugins/strategy" ANSIBLE_STRATEGY=mitogen_linear \
-      timed_play "$work/noop-mitogen" playbooks/site.yml); then
-    noop_mitogen_changed=$(changed_count "$work/noop-mitogen")
-  else
-    noop_mitogen=""  # reported as failed below; the rest of the benchmark goes on
-    noop_mitogen_changed="run failed"
-  fi
-  rm -r "$inv/host_vars"
-fi
-ratio() { python3 -c 'import sys; a, b = map(float, sys.argv[1:]); print(f"{a / b:.2f}" if b else "n/a")' "$1" "$2"; }
-
-# A new release: the demo app with one more file.
-cp -r examples/demo_app "$work/demo_app-v2" && date +%s > "$work/demo_app-v2/RELEASE_NOTE"
 docker cp molecule/shared/files/reqloop.py "$STACK_SANDBOX_NAME:/usr/local/bin/reqloop"
 ca=/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt
-docker exec "$STACK_SANDBOX_NAME" systemd-run --unit=bench-loop --collect /usr/bin/python3 /usr/local/bin/reqloop \
-  --url https://localhost:8443/health --cafile "$ca" --out /tmp/bench-loop.json --stop /tmp/bench-loop.stop --max-seconds 900 >/dev/null
-sleep 2
-redeploy=$(timed_play "$work/redeploy" playbooks/redeploy.yml -e "stack_app_source_path=$work/demo_app-v2")
-sleep 3
-docker exec "$STACK_SANDBOX_NAME" touch /tmp/bench-loop.stop
-for _ in $(seq 1 30); do docker exec "$STACK_SANDBOX_NAME" test -f /tmp/bench-loop.json && break; sleep 1; done
-loop="$(docker exec "$STACK_SANDBOX_NAME" cat /tmp/bench-loop.json)"
-requests=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$loop")
-failures=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["failures"])' "$loop")
+read -r redeploy redeploy_requests redeploy_failed < <(redeploy_under_load "$work/redeploy" "$(release v2)")
+read -r redeploy_linear redeploy_linear_requests redeploy_linear_failed < <(
+  ANSIBLE_STRATEGY=linear redeploy_under_load "$work/redeploy-linear" "$(release v3)")
+read -r redeploy_reqs redeploy_reqs_requests redeploy_reqs_failed < <(
+  redeploy_under_load "$work/redeploy-reqs" "$(release v4 requirements)")
 
 cat <<TXT
 
-Whole-stack benchmark ($(nproc) cores, image ${STACK_SANDBOX_IMAGE:-stack-debian:12})
-  cold converge of site.yml:        ${cold} s
-  no-op re-run of site.yml:         ${noop} s, changed=${noop_changed} (strategy linear)
-  no-op re-run, Mitogen:            ${noop_mitogen:-n/a} s, changed=${noop_mitogen_changed:-n/a}, ratio linear/Mitogen $( [ -n "$noop_mitogen" ] && ratio "$noop" "$noop_mitogen" || echo n/a)
-  redeploy.yml of a new release:    ${redeploy} s, ${requests} requests through Caddy, ${failures} failed
+Whole-stack benchmark ($(nproc) cores, image ${STACK_SANDBOX_IMAGE:-stack-debian:12}, $(date -u +%F))
+Strategy stack_linear (Mitogen) vs Ansible's linear (previous approach), ratio = linear / Mitogen
+  cold converge of site.yml:             ${cold} s
+  no-op re-run of site.yml:              ${noop} s, changed=${noop_changed}
+    with strategy linear:                ${noop_linear} s, changed=${noop_linear_changed}, ratio $(ratio "$noop_linear" "$noop")
+  redeploy.yml, unchanged requirements:  ${redeploy} s, ${redeploy_requests} requests through Caddy, ${redeploy_failed} failed
+    with strategy linear:                ${redeploy_linear} s, ${redeploy_linear_requests} requests, ${redeploy_linear_failed} failed, ratio $(ratio "$redeploy_linear" "$redeploy")
+  redeploy.yml, changed requirements:    ${redeploy_reqs} s, ${redeploy_reqs_requests} requests, ${redeploy_reqs_failed} failed
 TXT

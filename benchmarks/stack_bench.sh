@@ -4,7 +4,8 @@
 #   2. the no-op re-run: time and changed count;
 #   3. redeploy.yml of a new release while a request loop runs through Caddy:
 #      time, requests and failed requests; then a release with changed
-#      requirements (a new virtualenv).
+#      requirements (a new virtualenv);
+#   4. the no-op re-run over SSH, as on a real VPS.
 # Runs 2 and 3 are repeated with Ansible's linear strategy, the previous
 # approach, and printed with the ratio (ansible.cfg's default is stack_linear,
 # Mitogen).
@@ -72,6 +73,29 @@ noop_changed=$(changed_count "$work/noop")
 noop_linear=$(ANSIBLE_STRATEGY=linear timed_play "$work/noop-linear" playbooks/site.yml)
 noop_linear_changed=$(changed_count "$work/noop-linear")
 
+# The path real users take: the same no-op run over SSH (root with a key,
+# to the container's address), with Mitogen and with linear + pipelining and
+# ControlPersist (ansible.cfg's [ssh_connection]).
+ssh_inv="$work/ssh-inventory"
+mkdir -p "$ssh_inv/host_vars"
+ln -s "$PWD/inventories/sandbox/group_vars" "$ssh_inv/group_vars"
+cp "$inv/hosts.yml" "$ssh_inv/hosts.yml"
+ssh-keygen -q -t ed25519 -N "" -f "$work/ssh-key"
+docker exec "$STACK_SANDBOX_NAME" sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null \
+  && install -d -m 0700 /root/.ssh && systemctl enable --now ssh >/dev/null 2>&1'
+docker exec -i "$STACK_SANDBOX_NAME" sh -c 'cat > /root/.ssh/authorized_keys' < "$work/ssh-key.pub"
+cat > "$ssh_inv/host_vars/$STACK_SANDBOX_NAME.yml" <<YML
+ansible_connection: ssh
+ansible_host: $(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$STACK_SANDBOX_NAME")
+ansible_user: root
+ansible_ssh_private_key_file: $work/ssh-key
+ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+YML
+noop_ssh=$(inv="$ssh_inv" timed_play "$work/noop-ssh" playbooks/site.yml)
+noop_ssh_changed=$(changed_count "$work/noop-ssh")
+noop_ssh_linear=$(inv="$ssh_inv" ANSIBLE_STRATEGY=linear timed_play "$work/noop-ssh-linear" playbooks/site.yml)
+noop_ssh_linear_changed=$(changed_count "$work/noop-ssh-linear")
+
 docker cp molecule/shared/files/reqloop.py "$STACK_SANDBOX_NAME:/usr/local/bin/reqloop"
 ca=/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt
 read -r redeploy redeploy_requests redeploy_failed < <(redeploy_under_load "$work/redeploy" "$(release v2)")
@@ -87,6 +111,8 @@ Strategy stack_linear (Mitogen) vs Ansible's linear (previous approach), ratio =
   cold converge of site.yml:             ${cold} s
   no-op re-run of site.yml:              ${noop} s, changed=${noop_changed}
     with strategy linear:                ${noop_linear} s, changed=${noop_linear_changed}, ratio $(ratio "$noop_linear" "$noop")
+  no-op re-run over SSH:                 ${noop_ssh} s, changed=${noop_ssh_changed}
+    with strategy linear (pipelining):   ${noop_ssh_linear} s, changed=${noop_ssh_linear_changed}, ratio $(ratio "$noop_ssh_linear" "$noop_ssh")
   redeploy.yml, unchanged requirements:  ${redeploy} s, ${redeploy_requests} requests through Caddy, ${redeploy_failed} failed
     with strategy linear:                ${redeploy_linear} s, ${redeploy_linear_requests} requests, ${redeploy_linear_failed} failed, ratio $(ratio "$redeploy_linear" "$redeploy")
   redeploy.yml, changed requirements:    ${redeploy_reqs} s, ${redeploy_reqs_requests} requests, ${redeploy_reqs_failed} failed

@@ -78,13 +78,12 @@ noop_linear_changed=$(changed_count "$work/noop-linear")
 # ControlPersist (ansible.cfg's [ssh_connection]).
 # The same inventory directory (its generated secrets live beside it), with
 # host_vars that say SSH for the length of these two runs.
-ssh_inv="$inv"
-mkdir -p "$ssh_inv/host_vars"
+mkdir -p "$inv/host_vars"
 ssh-keygen -q -t ed25519 -N "" -f "$work/ssh-key"
 docker exec "$STACK_SANDBOX_NAME" sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null \
   && install -d -m 0700 /root/.ssh && systemctl enable --now ssh >/dev/null 2>&1'
 docker exec -i "$STACK_SANDBOX_NAME" sh -c 'cat > /root/.ssh/authorized_keys' < "$work/ssh-key.pub"
-cat > "$ssh_inv/host_vars/$STACK_SANDBOX_NAME.yml" <<YML
+cat > "$inv/host_vars/$STACK_SANDBOX_NAME.yml" <<YML
 ansible_connection: ssh
 ansible_host: $(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$STACK_SANDBOX_NAME")
 ansible_user: root
@@ -94,15 +93,15 @@ ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/
 YML
 # A failed SSH run is reported (its log kept in .cache/) and the rest goes on.
 noop_ssh=failed noop_ssh_changed=n/a noop_ssh_linear=failed noop_ssh_linear_changed=n/a
-if noop_ssh=$(inv="$ssh_inv" timed_play "$work/noop-ssh" playbooks/site.yml); then
+if noop_ssh=$(timed_play "$work/noop-ssh" playbooks/site.yml); then
   noop_ssh_changed=$(changed_count "$work/noop-ssh")
-  noop_ssh_linear=$(inv="$ssh_inv" ANSIBLE_STRATEGY=linear timed_play "$work/noop-ssh-linear" playbooks/site.yml) \
+  noop_ssh_linear=$(ANSIBLE_STRATEGY=linear timed_play "$work/noop-ssh-linear" playbooks/site.yml) \
     && noop_ssh_linear_changed=$(changed_count "$work/noop-ssh-linear") || noop_ssh_linear=failed
 else
   noop_ssh=failed
 fi
 cp "$work"/noop-ssh*.log .cache/ 2>/dev/null || true
-rm -r "$ssh_inv/host_vars"
+rm -r "$inv/host_vars"
 
 docker cp molecule/shared/files/reqloop.py "$STACK_SANDBOX_NAME:/usr/local/bin/reqloop"
 ca=/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt

@@ -17,12 +17,9 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
-# The format the roles give dpkg-query: name, version, status (ii = installed).
-DPKG_QUERY_FORMAT = "${Package}\\t${Version}\\t${db:Status-Abbrev}\\n"
-
-
 def installed_packages(dpkg_output: str) -> dict[str, str]:
-    """{name: version} of the installed packages in dpkg-query's output."""
+    """{name: version} of the installed packages in dpkg-query's output
+    (-f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'; ii = installed)."""
     installed = {}
     for line in (dpkg_output or "").splitlines():
         fields = line.split("\t")

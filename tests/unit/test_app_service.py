@@ -267,6 +267,21 @@ def test_same_content_same_id_and_identical_archive(tmp_path, capsys):
     assert all(m.uid == 0 and m.mode == 0o644 for m in members.values())
 
 
+def test_id_only_without_outdir_and_expect_refuses_a_changed_tree(tmp_path, capsys):
+    src = _tree(tmp_path / "src")
+    pack.main(["dir", str(src), "--exclude", "__pycache__"])
+    only_id = json.loads(capsys.readouterr().out)
+    assert only_id["archive"] is None and only_id["files"] == 2
+    # "auto": a new temporary directory; --expect matches the id read before.
+    pack.main(["dir", str(src), "auto", "--exclude", "__pycache__", "--expect", only_id["id"]])
+    packed = json.loads(capsys.readouterr().out)
+    assert packed["id"] == only_id["id"] and Path(packed["archive"]).is_file()
+    assert Path(packed["archive"]).name == f"{only_id['id']}.tar.gz"
+    (src / "app" / "main.py").write_text("print('edited meanwhile')\n")
+    with pytest.raises(SystemExit, match=f"app_service_source_path: .* changed during the run .*{only_id['id']}"):
+        pack.main(["dir", str(src), "auto", "--exclude", "__pycache__", "--expect", only_id["id"]])
+
+
 def test_changed_content_or_exec_bit_changes_id(tmp_path):
     src = _tree(tmp_path / "src")
     files = pack.walk(str(src), ["__pycache__"])

@@ -3,10 +3,14 @@
 
 Runs on the Ansible controller (delegate_to: localhost).
 
-  pack_release.py dir PATH OUTDIR [--exclude PATTERN ...]
+  pack_release.py dir PATH [OUTDIR] [--exclude PATTERN ...] [--expect ID]
       Hash the tree (sorted relative paths, executable bit and content; the
-      patterns leave paths out), write OUTDIR/<id>.tar.gz with normalised
-      owners, modes and times, print {"id", "archive", "files"} as JSON.
+      patterns leave paths out) and print {"id", "archive", "files"} as JSON.
+      With OUTDIR, also write OUTDIR/<id>.tar.gz with normalised owners,
+      modes and times ("auto": a new temporary directory). A run that changes
+      nothing only needs the id; the archive is made when a deploy needs it.
+      With --expect, fail unless the tree still gives that id (the source
+      changed since the run read it).
   pack_release.py archive PATH
       Id from the archive's sha256; prints {"id", "archive", "files": null}.
 
@@ -24,6 +28,7 @@ import json
 import os
 import sys
 import tarfile
+import tempfile
 
 ID_LENGTH = 12
 
@@ -100,16 +105,23 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="kind", required=True)
     p_dir = sub.add_parser("dir")
     p_dir.add_argument("path")
-    p_dir.add_argument("outdir")
+    p_dir.add_argument("outdir", nargs="?")
     p_dir.add_argument("--exclude", action="append", default=[])
+    p_dir.add_argument("--expect")
     p_arc = sub.add_parser("archive")
     p_arc.add_argument("path")
     args = parser.parse_args(argv)
     if args.kind == "dir":
         files = walk(os.path.abspath(args.path), args.exclude)
         rid = tree_id(files)
-        dest = os.path.join(args.outdir, f"{rid}.tar.gz")
-        write_archive(files, dest)
+        if args.expect and rid != args.expect:
+            raise SystemExit(f"app_service_source_path: {args.path!r} changed during the run "
+                             f"(release {args.expect} was read, the tree is now {rid}); run again")
+        dest = None
+        if args.outdir:
+            outdir = tempfile.mkdtemp(prefix="app_service_") if args.outdir == "auto" else args.outdir
+            dest = os.path.join(outdir, f"{rid}.tar.gz")
+            write_archive(files, dest)
         result = {"id": rid, "archive": dest, "files": len(files)}
     else:
         result = {"id": archive_id(args.path), "archive": os.path.abspath(args.path), "files": None}

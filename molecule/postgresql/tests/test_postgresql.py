@@ -88,6 +88,35 @@ def test_public_has_no_connect_and_no_create(host):
     assert superuser(host, "SELECT has_schema_privilege('public', 'public', 'CREATE')") == "f"
 
 
+def test_privileges_undone_by_hand_are_healed_by_a_plain_converge(host, playbook):
+    # The role reads every privilege it manages in one query per database and
+    # runs its grant/revoke tasks only when that read finds a difference: undo
+    # one of each kind by hand and the next plain converge must put them back.
+    table = "heal_" + host.backend.host.replace("-", "_")
+    assert psql(host, "app_owner", f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int)").rc == 0
+    superuser(host, f"GRANT CONNECT, TEMP ON DATABASE app TO PUBLIC; GRANT CREATE ON SCHEMA public TO PUBLIC; "
+                    f"REVOKE CONNECT ON DATABASE app FROM app_ro; REVOKE USAGE ON SCHEMA public FROM app_ro; "
+                    f"ALTER DEFAULT PRIVILEGES FOR ROLE app_owner IN SCHEMA public REVOKE INSERT ON TABLES FROM app_rw; "
+                    f"REVOKE SELECT ON {table} FROM app_ro; REVOKE UPDATE ON {table} FROM app_rw")
+    rc, out = playbook()
+    assert rc == 0, out[-3000:]
+    checks = {
+        "PUBLIC CONNECT on app": "SELECT has_database_privilege('public', 'app', 'CONNECT')",
+        "PUBLIC TEMP on app": "SELECT has_database_privilege('public', 'app', 'TEMP')",
+        "PUBLIC CREATE on public": "SELECT has_schema_privilege('public', 'public', 'CREATE')",
+    }
+    for what, sql in checks.items():
+        assert superuser(host, sql) == "f", f"{what} was not revoked again"
+    assert psql(host, "app_ro", f"SELECT count(*) FROM {table}").stdout.strip() == "0"
+    assert psql(host, "app_rw", f"UPDATE {table} SET id = 1").rc == 0
+    later = table + "_later"
+    assert psql(host, "app_owner", f"CREATE TABLE {later} (id int)").rc == 0
+    assert psql(host, "app_rw", f"INSERT INTO {later} VALUES (1)").rc == 0, "default INSERT privilege not restored"
+    assert psql(host, "app_owner", f"DROP TABLE {table}, {later}").rc == 0
+    rc, out = playbook()
+    assert rc == 0 and "changed=0" in out, out[-3000:]
+
+
 def test_pg_hba_refuses_pairs_it_does_not_allow(host):
     cross = psql(host, "other_user", "SELECT 1", db="app")
     assert cross.rc != 0 and "no pg_hba.conf entry" in cross.stderr

@@ -185,20 +185,35 @@ def listen_addresses(hostvars: Any, groups: Any, me: str) -> str:
 
 
 def hba_entries(hostvars: Any, groups: Any, me: str, database: str, owner: str, app_user: str,
-                readonly_user: str) -> list[dict[str, Any]]:
+                readonly_user: str, tls: bool = False) -> list[dict[str, Any]]:
     """pg_hba entries for the stack's database on ``me``: peer for local OS
     users, the app's roles from this host, and the owner and app roles from
-    each remote app host's address (the read-only role stays local)."""
+    each remote app host's address (the read-only role stays local). With
+    ``tls`` the remote lines are ``hostssl``: a plain-text connection from
+    another host finds no line and is refused."""
+    remote_type = "hostssl" if tls else "host"
     entries: list[dict[str, Any]] = [
         {"type": "local", "database": "all", "user": "all", "method": "peer"},
         {"type": "host", "database": database, "user": [owner, app_user, readonly_user],
          "address": f"{LOOPBACK}/32", "method": "scram-sha-256", "comment": "the app on this host"},
     ]
     for host in _others(_group(groups, "app"), me):
-        entries.append({"type": "host", "database": database, "user": [owner, app_user],
+        entries.append({"type": remote_type, "database": database, "user": [owner, app_user],
                         "address": _cidr(host_address(hostvars, host)), "method": "scram-sha-256",
                         "comment": f"the app on {host}"})
     return entries
+
+
+def db_tls_names(hostvars: Any, me: str) -> list[str]:
+    """The names in ``me``'s PostgreSQL server certificate: its inventory name,
+    the address the other hosts reach it on, localhost and 127.0.0.1."""
+    names = [me, host_address(hostvars, me), "localhost", LOOPBACK]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def db_remote(groups: Any, me: str) -> bool:
+    """True when ``me`` reaches the stack's database on another host."""
+    return me not in _group(groups, "db")
 
 
 def firewall_rules(hostvars: Any, groups: Any, me: str, db_port: Any, app_ports: Any,
@@ -437,6 +452,8 @@ class FilterModule:
             "stack_app_ip_allow": app_ip_allow,
             "stack_listen_addresses": listen_addresses,
             "stack_hba_entries": hba_entries,
+            "stack_db_tls_names": db_tls_names,
+            "stack_db_remote": db_remote,
             "stack_firewall_rules": firewall_rules,
             "stack_apps_plan": apps_plan,
             "stack_app_routes": app_routes,

@@ -81,6 +81,18 @@ def test_fleet_postgresql_listens_privately_and_admits_each_app_host():
     assert all(e["user"] == ["api_owner", "api_app"] and e["method"] == "scram-sha-256" for e in remote)
 
 
+def test_fleet_tls_makes_the_remote_lines_hostssl_and_names_the_db_host():
+    entries = stack.hba_entries(FLEET_VARS, FLEET_GROUPS, "db1", "api", "api_owner", "api_app", "api_ro", tls=True)
+    by_address = {e.get("address"): e["type"] for e in entries}
+    assert by_address == {None: "local", "127.0.0.1/32": "host", "10.0.0.31/32": "hostssl", "10.0.0.32/32": "hostssl"}
+    assert stack.db_tls_names(FLEET_VARS, "db1") == ["db1", "10.0.0.21", "localhost", "127.0.0.1"]
+    assert stack.db_remote(FLEET_GROUPS, "app1") and not stack.db_remote(FLEET_GROUPS, "db1")
+    # One host in every group: the app talks to 127.0.0.1, no remote line at all.
+    single = stack.hba_entries(SINGLE_VARS, SINGLE_GROUPS, "vps", "api", "api_owner", "api_app", "api_ro", tls=True)
+    assert [e["type"] for e in single] == ["local", "host"]
+    assert not stack.db_remote(SINGLE_GROUPS, "vps")
+
+
 def test_fleet_caddy_reaches_every_instance_of_every_app_host():
     assert stack.caddy_upstreams(FLEET_VARS, FLEET_GROUPS, "web1", [8001, 8002]) == [
         "10.0.0.31:8001", "10.0.0.31:8002", "10.0.0.32:8001", "10.0.0.32:8002"]

@@ -57,6 +57,91 @@ def test_check_mode_reports_no_changes(host):
     assert all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
 
 
+# TLS between the app hosts and PostgreSQL (stack_db_tls): the app's own URL,
+# with its own driver, from each app host.
+DB_PROBE = """
+import os, sys, psycopg
+url = sys.argv[1].replace("postgresql+psycopg://", "postgresql://", 1)
+try:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        print("ssl=%s %s" % conn.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone())
+except psycopg.Error as exc:
+    print("refused: %s" % exc)
+"""
+
+
+def app_database_url(app):
+    env = node(app).check_output("grep ^DATABASE_URL= /etc/demo/env")
+    return env.split("=", 1)[1].strip().strip("'\"")
+
+
+def wrong_ca(app):
+    """A CA other than the stack's, made on the app host: /tmp/wrong-ca.crt."""
+    node(app).check_output(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=wrong-ca "
+        "-keyout /tmp/wrong-ca.key -out /tmp/wrong-ca.crt 2>/dev/null")
+    return "/tmp/wrong-ca.crt"
+
+
+def probe_database(app, url):
+    cmd = node(app).run("/srv/demo/current/.venv/bin/python -c %s %s", DB_PROBE, url)
+    assert cmd.rc == 0, cmd.stderr
+    return cmd.stdout.strip()
+
+
+@pytest.mark.parametrize("app", ["fleet-app1", "fleet-app2"])
+def test_app_hosts_reach_postgresql_over_verified_tls_only(host, app):
+    url = app_database_url(app)
+    assert "sslmode=verify-full" in url and "sslrootcert=/etc/demo/db-ca.crt" in url, url
+    # The app's own URL: encrypted, the server's certificate verified against the stack's CA.
+    result = probe_database(app, url)
+    print(app, result)
+    assert result.startswith("ssl=True TLSv1."), result
+    # Plain text from another host finds no pg_hba line (hostssl only).
+    plain = probe_database(app, url.replace("sslmode=verify-full", "sslmode=disable"))
+    assert plain.startswith("refused:") and "no pg_hba.conf entry" in plain and "no encryption" in plain, plain
+    # A CA other than the stack's fails the verification.
+    wrong = probe_database(app, url.replace("/etc/demo/db-ca.crt", wrong_ca(app)))
+    assert wrong.startswith("refused:") and "certificate verify failed" in wrong, wrong
+
+
+def test_the_asyncpg_url_form_verifies_the_server_too(host):
+    """SQLAlchemy with asyncpg: ssl=verify-full in the URL, the CA from PGSSLROOTCERT
+    (what app_service writes for a postgresql+asyncpg driver)."""
+    app = node("fleet-app1")
+    venv = "/var/tmp/asyncpg-probe"
+    app.check_output(f"test -x {venv}/bin/python || python3 -m venv {venv}")
+    app.check_output(f"{venv}/bin/pip install -q --cache-dir /var/cache/stack-pip 'sqlalchemy[asyncio]' asyncpg")
+    url = app_database_url("fleet-app1").split("?", 1)[0].replace("postgresql+psycopg://", "postgresql+asyncpg://", 1)
+    probe = (
+        "import asyncio, sys\n"
+        "from sqlalchemy import text\n"
+        "from sqlalchemy.ext.asyncio import create_async_engine\n"
+        "async def main(url):\n"
+        "    engine = create_async_engine(url)\n"
+        "    try:\n"
+        "        async with engine.connect() as conn:\n"
+        "            row = (await conn.execute(text('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'))).one()\n"
+        "            print('ssl=%s' % row[0])\n"
+        "    except Exception as exc:\n"
+        "        print('refused: %s' % exc)\n"
+        "    finally:\n"
+        "        await engine.dispose()\n"
+        "asyncio.run(main(sys.argv[1]))\n")
+    good = app.run(f"PGSSLROOTCERT=/etc/demo/db-ca.crt {venv}/bin/python -c %s %s", probe, url + "?ssl=verify-full")
+    assert good.rc == 0 and good.stdout.strip() == "ssl=True", good.stdout + good.stderr
+    wrong = app.run(f"PGSSLROOTCERT={wrong_ca('fleet-app1')} {venv}/bin/python -c %s %s", probe, url + "?ssl=verify-full")
+    assert "refused:" in wrong.stdout and "certificate verify failed" in wrong.stdout, wrong.stdout + wrong.stderr
+
+
+def test_a_certificate_without_the_apps_database_address_fails_before_anything_changes(host):
+    rc, out = run_playbook("playbooks/site.yml", "-e", '{"postgresql_tls_names": ["fleet-db", "localhost"]}')
+    counts = recap(out)
+    assert rc != 0
+    assert "postgresql_tls_names of fleet-db (fleet-db, localhost) must include" in out, out[-3000:]
+    assert all(c["changed"] == 0 for c in counts.values()), counts
+
+
 def test_backup_playbook_produces_a_verified_backup(host):
     rc, out = run_playbook("playbooks/backup.yml")
     assert rc == 0, out[-4000:]

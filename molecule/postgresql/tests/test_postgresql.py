@@ -117,6 +117,61 @@ def test_privileges_undone_by_hand_are_healed_by_a_plain_converge(host, playbook
     assert rc == 0 and "changed=0" in out, out[-3000:]
 
 
+TLS_DIR = "/etc/ssl/postgresql-server"
+CA_DIR = "/etc/ssl/postgresql-stack-ca"
+
+
+def tls_connect(host, cafile, name="localhost"):
+    """psql to 127.0.0.1 over TLS, the server's certificate verified against
+    cafile for the host name ``name`` (libpq checks host, connects to hostaddr)."""
+    return host.run(
+        "PGPASSWORD=%s psql %s -X -tAc %s", PASSWORDS["app_rw"],
+        f"host={name} hostaddr=127.0.0.1 port={PORT} dbname=app user=app_rw sslmode=verify-full sslrootcert={cafile}",
+        "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+
+
+def test_server_certificate_from_the_roles_ca_verifies_for_its_names(host):
+    for name in ("localhost", "127.0.0.1"):
+        cmd = tls_connect(host, f"{TLS_DIR}/ca.crt", name)
+        assert cmd.rc == 0, cmd.stderr
+        assert cmd.stdout.strip().startswith("t|TLSv1."), cmd.stdout
+    # The CA key is root's alone; the server key the postgres user's alone.
+    assert host.file(CA_DIR).mode == 0o700 and host.file(CA_DIR).user == "root"
+    assert host.file(f"{CA_DIR}/ca.key").mode == 0o600 and host.file(f"{CA_DIR}/ca.key").user == "root"
+    key = host.file(f"{TLS_DIR}/server.key")
+    assert key.mode == 0o600 and key.user == "postgres"
+    sans = host.check_output("openssl x509 -noout -ext subjectAltName -in %s/server.crt", TLS_DIR)
+    assert "DNS:localhost" in sans and "IP Address:127.0.0.1" in sans, sans
+    # A name that is not in the certificate fails verify-full.
+    other = tls_connect(host, f"{TLS_DIR}/ca.crt", "not-in-the-certificate.example")
+    assert other.rc != 0 and "does not match" in other.stderr, other.stderr
+
+
+def test_certificate_due_for_renewal_is_replaced_and_served(host, playbook):
+    # A certificate for the same names from the same CA, expiring tomorrow:
+    # inside postgresql_tls_renew_days, so the next plain run replaces it.
+    host.check_output(
+        "openssl x509 -in {d}/server.crt -x509toreq -copy_extensions copyall -signkey {d}/server.key "
+        "-out /tmp/renew.csr 2>/dev/null && "
+        "openssl x509 -req -in /tmp/renew.csr -CA {c}/ca.crt -CAkey {c}/ca.key -CAcreateserial -days 1 "
+        "-copy_extensions copyall -out {d}/server.crt 2>/dev/null && "
+        "sudo -u postgres psql -p {p} -X -tAc 'SELECT pg_reload_conf()'".format(d=TLS_DIR, c=CA_DIR, p=PORT))
+    short = host.check_output("openssl x509 -noout -enddate -in %s/server.crt", TLS_DIR)
+    assert host.run("openssl x509 -checkend 172800 -noout -in %s/server.crt", TLS_DIR).rc != 0, short
+    rc, out = playbook()
+    assert rc == 0, out[-3000:]
+    renewed = host.check_output("openssl x509 -noout -enddate -in %s/server.crt", TLS_DIR)
+    print(f"before: {short}; after: {renewed}")
+    assert host.run("openssl x509 -checkend %s -noout -in %s/server.crt", str(300 * 86400), TLS_DIR).rc == 0
+    # The server serves the new certificate (the reload picked it up).
+    served = host.check_output(
+        "openssl s_client -starttls postgres -connect 127.0.0.1:%s -CAfile %s/ca.crt </dev/null 2>/dev/null "
+        "| openssl x509 -noout -enddate", str(PORT), TLS_DIR)
+    assert served == renewed, (served, renewed)
+    rc, out = playbook()
+    assert rc == 0 and "changed=0" in out, out[-3000:]
+
+
 def test_pg_hba_refuses_pairs_it_does_not_allow(host):
     cross = psql(host, "other_user", "SELECT 1", db="app")
     assert cross.rc != 0 and "no pg_hba.conf entry" in cross.stderr

@@ -370,6 +370,51 @@ def connection_url(user: Any, password: Any = None, host: Any = "127.0.0.1", por
     return url
 
 
+# --------------------------------------------------------------------------
+# TLS: the server certificate's subjectAltName
+# --------------------------------------------------------------------------
+
+def tls_sans(names: Any, var: str = "postgresql_tls_names") -> list[str]:
+    """subjectAltName entries for a list of host names and IP addresses:
+    ``IP:<address>`` (compressed form) for an address, ``DNS:<name>`` else."""
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise AnsibleFilterError(f"{var}: expects a non-empty list of host names and IP addresses, got {names!r}")
+    out: list[str] = []
+    for name in names:
+        text = str(name).strip()
+        try:
+            entry = f"IP:{ipaddress.ip_address(text)}"
+        except ValueError:
+            if not _HOSTNAME_RE.match(text.lstrip("*.")):
+                raise AnsibleFilterError(f"{var}: {text!r} is neither a host name nor an IP address") from None
+            entry = f"DNS:{text.lower()}"
+        if entry not in out:
+            out.append(entry)
+    return out
+
+
+def tls_sans_match(openssl_line: Any, names: Any, var: str = "postgresql_tls_names") -> bool:
+    """True when ``openssl x509 -noout -ext subjectAltName``'s last line (e.g.
+    ``DNS:db1, IP Address:10.0.0.5, IP Address:0:0:0:0:0:0:0:1``) names
+    exactly ``names``; False for empty output (no valid certificate)."""
+    text = str(openssl_line or "").strip()
+    if not text:
+        return False
+    found = set()
+    for item in text.split(","):
+        kind, _, value = item.strip().partition(":")
+        if kind == "IP Address":
+            try:
+                found.add(f"IP:{ipaddress.ip_address(value.strip())}")
+            except ValueError:
+                return False
+        elif kind == "DNS":
+            found.add(f"DNS:{value.strip().lower()}")
+        else:
+            return False
+    return found == set(tls_sans(names, var))
+
+
 class FilterModule:
     """Ansible filter map for the postgresql role."""
 
@@ -379,6 +424,8 @@ class FilterModule:
             "postgresql_hba_render": hba_render,
             "postgresql_memory_tuning": memory_tuning,
             "postgresql_url": connection_url,
+            "postgresql_tls_sans": tls_sans,
+            "postgresql_tls_sans_match": tls_sans_match,
             "postgresql_listen_addresses_check": listen_addresses_check,
             "postgresql_memory_check": memory_check,
         }

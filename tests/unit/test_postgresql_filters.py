@@ -244,3 +244,25 @@ def test_shared_buffers_override_larger_than_the_host_is_refused_naming_it():
 def test_bad_memory_value_names_the_variable():
     with pytest.raises(AnsibleFilterError, match=r"postgresql_config\.shared_buffers: 'lots' is not a memory size"):
         pg.memory_check({"shared_buffers": "lots"}, 8000, 8000, {"shared_buffers": "lots"})
+
+
+# ---------------------------------------------------------------- TLS names
+
+def test_tls_sans_tell_addresses_from_names_and_drop_repeats():
+    assert pg.tls_sans(["db1", "10.0.0.5", "::1", "LocalHost", "localhost", "127.0.0.1"]) == [
+        "DNS:db1", "IP:10.0.0.5", "IP:::1", "DNS:localhost", "IP:127.0.0.1"]
+    with pytest.raises(AnsibleFilterError, match="postgresql_tls_names: 'bad name!' is neither"):
+        pg.tls_sans(["bad name!"])
+    with pytest.raises(AnsibleFilterError, match="postgresql_tls_names: expects a non-empty list"):
+        pg.tls_sans([])
+
+
+def test_tls_sans_match_reads_openssl_output_in_any_order_and_ip_form():
+    names = ["db1", "10.0.0.5", "::1", "localhost"]
+    line = "IP Address:0:0:0:0:0:0:0:1, DNS:localhost, IP Address:10.0.0.5, DNS:DB1"
+    assert pg.tls_sans_match(line, names)
+    # A missing or an extra name, and no certificate at all, mean a new one.
+    assert not pg.tls_sans_match("DNS:db1, DNS:localhost, IP Address:10.0.0.5", names)
+    assert not pg.tls_sans_match(line + ", DNS:other", names)
+    assert not pg.tls_sans_match("", names)
+    assert not pg.tls_sans_match("email:x@example.org", ["db1"])

@@ -92,7 +92,7 @@ def probe_database(app, url):
 @pytest.mark.parametrize("app", ["fleet-app1", "fleet-app2"])
 def test_app_hosts_reach_postgresql_over_verified_tls_only(host, app):
     url = app_database_url(app)
-    assert "sslmode=verify-full" in url and "sslrootcert=/etc/demo/db-ca.crt" in url, url
+    assert "sslmode=verify-full" in url and "sslrootcert=/etc/ssl/demo-db-ca.crt" in url, url
     # The app's own URL: encrypted, the server's certificate verified against the stack's CA.
     result = probe_database(app, url)
     print(app, result)
@@ -101,7 +101,7 @@ def test_app_hosts_reach_postgresql_over_verified_tls_only(host, app):
     plain = probe_database(app, url.replace("sslmode=verify-full", "sslmode=disable"))
     assert plain.startswith("refused:") and "no pg_hba.conf entry" in plain and "no encryption" in plain, plain
     # A CA other than the stack's fails the verification.
-    wrong = probe_database(app, url.replace("/etc/demo/db-ca.crt", wrong_ca(app)))
+    wrong = probe_database(app, url.replace("/etc/ssl/demo-db-ca.crt", wrong_ca(app)))
     assert wrong.startswith("refused:") and "certificate verify failed" in wrong, wrong
 
 
@@ -128,7 +128,7 @@ def test_the_asyncpg_url_form_verifies_the_server_too(host):
         "    finally:\n"
         "        await engine.dispose()\n"
         "asyncio.run(main(sys.argv[1]))\n")
-    good = app.run(f"PGSSLROOTCERT=/etc/demo/db-ca.crt {venv}/bin/python -c %s %s", probe, url + "?ssl=verify-full")
+    good = app.run(f"PGSSLROOTCERT=/etc/ssl/demo-db-ca.crt {venv}/bin/python -c %s %s", probe, url + "?ssl=verify-full")
     assert good.rc == 0 and good.stdout.strip() == "ssl=True", good.stdout + good.stderr
     wrong = app.run(f"PGSSLROOTCERT={wrong_ca('fleet-app1')} {venv}/bin/python -c %s %s", probe, url + "?ssl=verify-full")
     assert "refused:" in wrong.stdout and "certificate verify failed" in wrong.stdout, wrong.stdout + wrong.stderr

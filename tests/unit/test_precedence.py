@@ -138,7 +138,8 @@ def _roles_dir(tmp: Path) -> Path:
         if role == "backups":
             (dest / "tasks" / "validate.yml").write_text("---\n[]\n")
         else:
-            (dest / "tasks" / "validate.yml").symlink_to(src / "tasks" / "validate.yml")
+            for part in (src / "tasks").glob("validate*.yml"):
+                (dest / "tasks" / part.name).symlink_to(part)
     return roles
 
 

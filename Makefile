@@ -13,7 +13,7 @@ export STACK_CACHE_DIR ?= /var/cache/ansible-stack
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 SCENARIO    ?= default
 
-.PHONY: help venv engine images lint unit molecule test sandbox sandbox-destroy bench-stack bench-backup clean
+.PHONY: help venv engine images lint unit molecule test sandbox sandbox-destroy bench-stack bench-venv bench-backup clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ sandbox-destroy: $(VENV_STAMP) ## Remove the sandbox containers
 bench-stack: $(VENV_STAMP) ## Benchmark: cold converge, no-op re-run, redeploy under load
 	@scripts/harness.sh images
 	@benchmarks/stack_bench.sh
+
+bench-venv: ## Benchmark: a release's virtualenv from the wheelhouse, pip vs uv
+	@scripts/harness.sh images
+	@benchmarks/venv_bench.sh
 
 bench-backup: $(VENV_STAMP) ## Benchmark: role backup vs bare pg_dump on pgbench -s 50
 	@scripts/harness.sh images

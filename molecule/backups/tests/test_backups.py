@@ -82,6 +82,35 @@ def test_timer_active_and_enabled(host):
     assert "Persistent=yes" in props
 
 
+def pgbackrest_info(host):
+    out = host.check_output("sudo -u postgres pgbackrest --stanza=main --output=json info")
+    return json.loads(out)[0]
+
+
+def test_pitr_stanza_archives_wal_and_has_a_full_backup(host):
+    info = pgbackrest_info(host)
+    assert info["status"]["code"] == 0, info["status"]
+    kinds = [b["type"] for b in info["backup"]]
+    assert "full" in kinds, kinds
+    # archive_command works end to end: a forced WAL switch reaches the repository.
+    check = host.run("sudo -u postgres pgbackrest --stanza=main check")
+    assert check.rc == 0, check.stderr
+    archiver = sql(host, "app", "SELECT archived_count, failed_count FROM pg_stat_archiver")
+    archived, failed = (int(x) for x in archiver.split("|"))
+    print(f"pg_stat_archiver: archived {archived}, failed {failed}")
+    assert archived > 0
+
+
+def test_pitr_timers_and_a_differential_backup_through_the_unit(host):
+    for kind in ("full", "diff"):
+        timer = host.service(f"backups-pitr-{kind}.timer")
+        assert timer.is_enabled and timer.is_running
+    run = host.run("systemctl start backups-pitr@diff.service")
+    assert run.rc == 0, host.run("journalctl -u backups-pitr@diff.service -n 30 --no-pager").stdout
+    kinds = [b["type"] for b in pgbackrest_info(host)["backup"]]
+    assert "diff" in kinds, kinds
+
+
 @pytest.fixture(scope="module")
 def check_mode_run():
     """One `converge.yml --check --diff` over every host (a converge per host would double the time)."""

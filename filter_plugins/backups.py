@@ -1,5 +1,6 @@
 """Filters for the backups role: grandfather-father-son retention, tagged
-sets kept apart, backup set names and pg_dump compression arguments.
+sets kept apart, backup set names, pg_dump compression arguments and the
+target of a point-in-time restore.
 
 This file is also shipped to the database hosts (as backups_lib.py beside the
 backup script, through the symlink roles/backups/files/backups_lib.py) so the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -200,6 +202,76 @@ def compression_args(method: Any = "auto", level: Any = None, pg_version: Any = 
     return [f"--compress={method}:{int(level)}"]
 
 
+# A restore point name as pg_create_restore_point() takes it (at most 63 bytes).
+RESTORE_POINT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,63}$")
+TIME_ZONE_RE = re.compile(r"([+-]\d{2})$")
+
+
+def parse_restore_time(value: Any, var: str = "backups_restore_time") -> dt.datetime:
+    """A point in time with its zone: '2026-11-23 10:15:00+00', ISO 8601 with T, Z or +HH:MM."""
+    text = str(value).strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    text = TIME_ZONE_RE.sub(r"\1:00", text)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise AnsibleFilterError(f"{var}: '{value}' is not a time like '2026-11-23 10:15:00+00'") from None
+    if when.tzinfo is None:
+        raise AnsibleFilterError(f"{var}: '{value}' has no time zone; add one, e.g. '{value}+00'")
+    return when
+
+
+def _stamp(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def pitr_target(info: Any, stanza: str = "main", restore_time: Any = "", restore_point: Any = "",
+                latest: Any = False, now: Any = None) -> dict[str, Any]:
+    """What a point-in-time restore recovers to, from `pgbackrest info --output=json`.
+
+    Exactly one of restore_time (backups_restore_time), restore_point
+    (backups_restore_point) or latest (backups_restore_latest: the end of the
+    archived WAL). A time must lie between the end of the oldest backup and
+    now. Returns the pgBackRest --type/--target/--set to restore with and the
+    backups' time range.
+    """
+    chosen = [name for name, value in (("backups_restore_time", restore_time),
+                                        ("backups_restore_point", restore_point),
+                                        ("backups_restore_latest", latest)) if value not in ("", None, False)]
+    if len(chosen) != 1:
+        raise AnsibleFilterError("set exactly one of backups_restore_time, backups_restore_point or "
+                                 f"backups_restore_latest for a point-in-time restore (got {', '.join(chosen) or 'none'})")
+    stanzas = [entry for entry in (info or []) if isinstance(entry, Mapping) and entry.get("name") == stanza]
+    backups = sorted(stanzas[0].get("backup", []) if stanzas else [],
+                     key=lambda backup: backup["timestamp"]["stop"])
+    if not backups:
+        raise AnsibleFilterError(f"backups_pitr_stanza: the pgBackRest stanza {stanza} holds no backup to restore from")
+    oldest, newest = backups[0]["timestamp"]["stop"], backups[-1]["timestamp"]["stop"]
+    plan: dict[str, Any] = {"oldest_backup": _stamp(oldest), "newest_backup": _stamp(newest), "set": ""}
+    if restore_time not in ("", None):
+        when = parse_restore_time(restore_time).timestamp()
+        current = time.time() if now is None else float(now)
+        if when > current:
+            raise AnsibleFilterError(f"backups_restore_time: {restore_time} is in the future "
+                                     f"(now is {_stamp(current)})")
+        if when < oldest:
+            raise AnsibleFilterError(f"backups_restore_time: {restore_time} is before the end of the oldest backup "
+                                     f"({_stamp(oldest)}); no backup can recover to it")
+        # The newest backup that ended at or before the target.
+        plan["set"] = [backup["label"] for backup in backups if backup["timestamp"]["stop"] <= when][-1]
+        plan.update({"type": "time", "target": dt.datetime.fromtimestamp(when, dt.timezone.utc)
+                     .strftime("%Y-%m-%d %H:%M:%S.%f+00")})
+    elif restore_point not in ("", None):
+        if not RESTORE_POINT_RE.match(str(restore_point)):
+            raise AnsibleFilterError(f"backups_restore_point: '{restore_point}' is not a restore point name "
+                                     "(letters, digits and _.:-, at most 63)")
+        plan.update({"type": "name", "target": str(restore_point)})
+    else:
+        plan.update({"type": "default", "target": ""})
+    return plan
+
+
 class FilterModule:
     """Ansible filter map for the backups role."""
 
@@ -210,4 +282,5 @@ class FilterModule:
             "backups_retention_keep": retention_keep,
             "backups_retention_prune": retention_prune,
             "backups_compression_args": compression_args,
+            "backups_pitr_target": pitr_target,
         }

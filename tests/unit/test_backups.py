@@ -247,3 +247,44 @@ def test_filter_module_maps_functions():
     assert filters["backups_retention_keep"] is backups.retention_keep
     assert filters["backups_set_tag"] is backups.set_tag
     assert filters["backups_compression_args"] is backups.compression_args
+
+
+# --------------------------------------------------------- point-in-time target
+def _info(*stops, stanza="main"):
+    return [{"name": stanza, "backup": [{"label": f"B{i}", "timestamp": {"start": stop - 10, "stop": stop}}
+                                         for i, stop in enumerate(stops)]}]
+
+
+T0 = 1_790_000_000  # 2026-09-21 14:13:20 UTC
+
+
+def test_pitr_target_time_picks_the_newest_backup_that_ended_before_it():
+    plan = backups.pitr_target(_info(T0, T0 + 3600), restore_time="2026-09-21 15:00:00+00", now=T0 + 7200)
+    assert plan["type"] == "time"
+    assert plan["set"] == "B0"
+    assert plan["target"] == "2026-09-21 15:00:00.000000+00"
+    plan = backups.pitr_target(_info(T0, T0 + 3600), restore_time="2026-09-21T17:14:00+02:00", now=T0 + 7200)
+    assert plan["set"] == "B1" and plan["target"] == "2026-09-21 15:14:00.000000+00"
+    assert plan["oldest_backup"] == "2026-09-21 14:13:20+00"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("2026-09-21 16:00:00+00", "is in the future"),
+    ("2026-09-21 14:00:00Z", "before the end of the oldest backup"),
+    ("2026-09-21 15:00:00", "has no time zone"),
+    ("yesterday", "is not a time"),
+])
+def test_pitr_target_refuses_bad_times_naming_the_variable(value, message):
+    with pytest.raises(AnsibleFilterError, match=f"backups_restore_time: .*{message}"):
+        backups.pitr_target(_info(T0), restore_time=value, now=T0 + 3600)
+
+
+def test_pitr_target_point_latest_and_the_choice():
+    assert backups.pitr_target(_info(T0), restore_point="before_cleanup")["type"] == "name"
+    assert backups.pitr_target(_info(T0), latest=True)["type"] == "default"
+    with pytest.raises(AnsibleFilterError, match="backups_restore_point"):
+        backups.pitr_target(_info(T0), restore_point="drop table; --")
+    with pytest.raises(AnsibleFilterError, match="exactly one of"):
+        backups.pitr_target(_info(T0), restore_point="x", latest=True)
+    with pytest.raises(AnsibleFilterError, match="holds no backup"):
+        backups.pitr_target(_info(T0, stanza="other"), latest=True)

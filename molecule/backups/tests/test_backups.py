@@ -111,6 +111,82 @@ def test_pitr_timers_and_a_differential_backup_through_the_unit(host):
     assert "diff" in kinds, kinds
 
 
+def psql_port(host, port, database, query):
+    return host.check_output(f"runuser -u postgres -- psql -X -At -p {port} -d {database} -c \"{query}\"")
+
+
+def test_pitr_restore_to_a_time_into_a_new_cluster(host):
+    # The side effect wrote 100 rows, noted the time, wrote 100 more and dropped
+    # pitr_dropped, then restored to the noted time into the cluster pitr (9992).
+    noted = json.loads(host.file("/var/lib/backups/pitr-time.json").content_string)
+    print(f"restore to {noted['time']}: {noted['result']['summary']}")
+    assert noted["result"]["type"] == "time" and int(noted["result"]["port"]) == 9992
+    phases = psql_port(host, 9992, "app", "SELECT phase || '=' || count(*) FROM pitr_probe GROUP BY phase ORDER BY phase")
+    assert phases == "before=100", phases
+    assert psql_port(host, 9992, "app", "SELECT count(*) FROM pitr_dropped") == "1"
+    assert psql_port(host, 9992, "app", "SELECT pg_is_in_recovery()") == "f"
+    # The copy never archives into the stanza, and does not start at boot.
+    assert psql_port(host, 9992, "postgres", "SHOW archive_mode") == "off"
+    assert host.file("/etc/postgresql/15/pitr/start.conf").contains("^manual")
+    # The seeded tables came along.
+    assert psql_port(host, 9992, "app", "SELECT count(*) FROM public.orders") == str(SEEDED["public.orders"])
+
+
+def test_pitr_restore_over_the_live_cluster_to_a_restore_point(host):
+    # After the restore point the side effect deleted the 'before' rows and
+    # dropped audit.events; the restore over the live cluster undid both.
+    phases = sql(host, "app", "SELECT phase || '=' || count(*) FROM pitr_probe GROUP BY phase ORDER BY phase")
+    assert phases.split() == ["after=100", "before=100"], phases
+    assert sql(host, "app", "SELECT count(*) FROM audit.events") == str(SEEDED["audit.events"])
+    assert int(sql(host, "postgres", "SELECT timeline_id FROM pg_control_checkpoint()")) >= 2
+    aside = host.check_output("ls -d /var/lib/postgresql/15/main.before-restore-* | wc -l")
+    assert aside == "1"
+    # Still archiving, on the new timeline, after the full backup the restore started.
+    assert sql(host, "postgres", "SHOW archive_mode") == "on"
+    check = host.run("sudo -u postgres pgbackrest --stanza=main check")
+    assert check.rc == 0, check.stderr
+
+
+def test_pitr_recovery_point_after_the_primary_is_killed(host):
+    measured = json.loads(host.file("/var/lib/backups/pitr-rpo.json").content_string)
+    rpo = measured["rpo_seconds"]
+    print(f"measured RPO {rpo} s (archive_timeout 15 s); restore of the latest point took "
+          f"{measured['restore']['seconds']} s")
+    assert measured["restore"]["type"] == "default"
+    # The restore holds rows of the run: at most the archive timeout (plus the
+    # archiver's own delay) is lost.
+    assert 0 <= rpo <= 15 + 5, measured
+
+
+PITR_REFUSALS = {
+    "future": ({"backups_restore_time": "2999-01-01 00:00:00+00"},
+               "backups_restore_time: 2999-01-01 00:00:00+00 is in the future"),
+    "too old": ({"backups_restore_time": "2001-01-01 00:00:00+00"}, "is before the end of the oldest backup"),
+    "no zone": ({"backups_restore_time": "2001-01-01 00:00:00"}, "has no time zone"),
+    "existing copy": ({"backups_restore_latest": True, "backups_restore_cluster": "pitr"},
+                      "Refusing to restore over the existing cluster 15/pitr"),
+    "live": ({"backups_restore_point": "before_cleanup", "backups_restore_cluster": "main"},
+             "Refusing to restore over the live cluster 15/main"),
+    "port taken": ({"backups_restore_latest": True, "backups_restore_cluster": "other", "backups_restore_port": 9993},
+                   "backups_restore_port: 9993 is not a free port"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PITR_REFUSALS))
+def test_pitr_restore_refuses_bad_input_before_changing_anything(host, case):
+    extra, message = PITR_REFUSALS[case]
+    clusters = host.check_output("pg_lsclusters --no-header")
+    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "restore.yml")
+    argv = ["ansible-playbook", "-i", _molecule_inventory(), "-l", host.backend.host, playbook,
+            "-e", "backups_target=all", "-e", json.dumps(extra)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+    output = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0, output[-2000:]
+    assert message in output, output[-2000:]
+    assert "changed=0" in output
+    assert host.check_output("pg_lsclusters --no-header") == clusters
+
+
 @pytest.fixture(scope="module")
 def check_mode_run():
     """One `converge.yml --check --diff` over every host (a converge per host would double the time)."""

@@ -1,6 +1,7 @@
 """Filters for the stack role: the host topology of the whole stack.
 
-Given the inventory's groups (db, app, web), the hosts' variables
+Given the inventory's groups (db, app, web, and db_replica for streaming
+standbys of the first db host), the hosts' variables
 (``hostvars``) and the host the wiring is computed for, these functions
 derive what the roles need to talk to each other: the database address an
 app host uses, the app's bind address and IPAddressAllow list, Caddy's
@@ -106,15 +107,33 @@ def _ports(value: Any, where: str) -> list[int]:
     return ports
 
 
-def db_address(hostvars: Any, groups: Any, me: str) -> str:
+def db_address(hostvars: Any, groups: Any, me: str, primary: Any = None) -> str:
     """The database address for ``me``: loopback on a database host, else the
-    first database host's address."""
+    primary's address. ``primary`` (stack_db_primary) names the inventory host
+    the apps use; empty or None means the first db host. playbooks/promote.yml
+    sets it to the promoted standby."""
     dbs = _group(groups, "db")
+    if primary not in (None, ""):
+        primary = str(primary)
+        if primary not in dbs + _group(groups, "db_replica"):
+            raise AnsibleFilterError(
+                f"stack_db_primary: {primary!r} is in neither group db nor db_replica")
+        return LOOPBACK if me == primary else host_address(hostvars, primary)
     if me in dbs:
         return LOOPBACK
     if not dbs:
         raise AnsibleFilterError("stack topology: the inventory has no host in group 'db'")
     return host_address(hostvars, dbs[0])
+
+
+def replication_slot(host: Any) -> str:
+    """The physical replication slot of the standby ``host`` on the primary:
+    its inventory name in lower case with every character outside [a-z0-9_]
+    replaced by '_' (PostgreSQL's rule for slot names), at most 63 long."""
+    name = re.sub(r"[^a-z0-9_]", "_", str(host).lower())[:63]
+    if not name.strip("_"):
+        raise AnsibleFilterError(f"stack topology: no replication slot name can be made from host {host!r}")
+    return name
 
 
 def app_bind_address(hostvars: Any, groups: Any, me: str) -> str:
@@ -162,12 +181,13 @@ def caddy_upstreams(hostvars: Any, groups: Any, me: str, default_ports: Any, fix
     return out
 
 
-def app_ip_allow(hostvars: Any, groups: Any, me: str, bind_address: str) -> list[str]:
-    """The app unit's IPAddressAllow besides localhost: a remote database, the
-    remote web hosts, and the host's own address when the app binds to it
-    (the health gate asks from the host itself)."""
+def app_ip_allow(hostvars: Any, groups: Any, me: str, bind_address: str, primary: Any = None) -> list[str]:
+    """The app unit's IPAddressAllow besides localhost: a remote database (the
+    ``primary``, see db_address), the remote web hosts, and the host's own
+    address when the app binds to it (the health gate asks from the host
+    itself)."""
     addresses = []
-    database = db_address(hostvars, groups, me)
+    database = db_address(hostvars, groups, me, primary)
     if database != LOOPBACK:
         addresses.append(database)
     addresses += [host_address(hostvars, h) for h in _others(_group(groups, "web"), me)]
@@ -178,19 +198,23 @@ def app_ip_allow(hostvars: Any, groups: Any, me: str, bind_address: str) -> list
 
 def listen_addresses(hostvars: Any, groups: Any, me: str) -> str:
     """PostgreSQL's listen_addresses on ``me``: localhost, plus the private
-    address when app hosts elsewhere connect."""
-    if not _others(_group(groups, "app"), me):
+    address when app hosts or standbys elsewhere connect (a standby listens
+    like its primary: the apps connect to it once it is promoted)."""
+    if not _others(_group(groups, "app") + _group(groups, "db_replica"), me):
         return "localhost"
     return "localhost," + host_address(hostvars, me)
 
 
 def hba_entries(hostvars: Any, groups: Any, me: str, database: str, owner: str, app_user: str,
-                readonly_user: str, tls: bool = False) -> list[dict[str, Any]]:
+                readonly_user: str, tls: bool = False, replication_user: Any = None) -> list[dict[str, Any]]:
     """pg_hba entries for the stack's database on ``me``: peer for local OS
     users, the app's roles from this host, and the owner and app roles from
     each remote app host's address (the read-only role stays local). With
     ``tls`` the remote lines are ``hostssl``: a plain-text connection from
-    another host finds no line and is refused."""
+    another host finds no line and is refused. With ``replication_user``, a
+    ``replication`` line for that role from each standby (group db_replica)
+    other than ``me``, for its address only. A standby gets the same lines as
+    its primary, so the apps can connect once it is promoted."""
     remote_type = "hostssl" if tls else "host"
     entries: list[dict[str, Any]] = [
         {"type": "local", "database": "all", "user": "all", "method": "peer"},
@@ -201,6 +225,11 @@ def hba_entries(hostvars: Any, groups: Any, me: str, database: str, owner: str, 
         entries.append({"type": remote_type, "database": database, "user": [owner, app_user],
                         "address": _cidr(host_address(hostvars, host)), "method": "scram-sha-256",
                         "comment": f"the app on {host}"})
+    if replication_user not in (None, ""):
+        for host in _others(_group(groups, "db_replica"), me):
+            entries.append({"type": remote_type, "database": "replication", "user": str(replication_user),
+                            "address": _cidr(host_address(hostvars, host)), "method": "scram-sha-256",
+                            "comment": f"streaming replication to the standby {host}"})
     return entries
 
 
@@ -219,15 +248,19 @@ def db_remote(groups: Any, me: str) -> bool:
 def firewall_rules(hostvars: Any, groups: Any, me: str, db_port: Any, app_ports: Any,
                    http_port: Any, https_port: Any) -> list[dict[str, Any]]:
     """ufw rules for ``me`` beyond SSH/HTTP/HTTPS: the database port from the
-    remote app hosts, the app ports from the remote web hosts, and Caddy's
-    non-standard ports from anywhere (base_firewall_rules format)."""
+    remote app hosts and standbys (on the primary and on each standby, which
+    the apps use once it is promoted), the app ports from the remote web
+    hosts, and Caddy's non-standard ports from anywhere (base_firewall_rules
+    format)."""
     rules: list[dict[str, Any]] = []
-    if me in _group(groups, "db"):
+    if me in _group(groups, "db") + _group(groups, "db_replica"):
         apps = _others(_group(groups, "app"), me)
-        if apps:
-            rules.append({"port": int(db_port), "proto": "tcp",
-                          "from": [host_address(hostvars, h) for h in apps],
-                          "comment": "PostgreSQL from the app hosts"})
+        standbys = _others(_group(groups, "db_replica"), me)
+        sources = list(dict.fromkeys(host_address(hostvars, h) for h in apps + standbys))
+        if sources:
+            what = " and ".join(w for w, hosts in (("the app hosts", apps), ("the standbys", standbys)) if hosts)
+            rules.append({"port": int(db_port), "proto": "tcp", "from": sources,
+                          "comment": f"PostgreSQL from {what}"})
     if me in _group(groups, "app"):
         webs = _others(_group(groups, "web"), me)
         if webs:
@@ -454,6 +487,7 @@ class FilterModule:
             "stack_hba_entries": hba_entries,
             "stack_db_tls_names": db_tls_names,
             "stack_db_remote": db_remote,
+            "stack_replication_slot": replication_slot,
             "stack_firewall_rules": firewall_rules,
             "stack_apps_plan": apps_plan,
             "stack_app_routes": app_routes,

@@ -177,3 +177,70 @@ def test_undefined_values_count_as_missing():
     assert stack.host_address(hostvars, "a") == "10.1.1.1"
     with pytest.raises(AnsibleFilterError, match="address of b is unknown"):
         stack.host_address(hostvars, "b")
+
+
+# --- a streaming standby (db_replica) ----------------------------------------
+
+STANDBY_GROUPS = {**FLEET_GROUPS, "all": FLEET_GROUPS["all"] + ["db2"], "db_replica": ["db2"]}
+STANDBY_VARS = {**FLEET_VARS, "db2": {"stack_private_address": "10.0.0.22", **facts("203.0.113.22")}}
+ROLES = ("app", "app_owner", "app_rw", "app_ro")
+
+
+def test_standby_replication_line_on_the_primary_for_its_address_only():
+    entries = stack.hba_entries(STANDBY_VARS, STANDBY_GROUPS, "db1", *ROLES, tls=True, replication_user="replicator")
+    replication = [e for e in entries if e["database"] == "replication"]
+    assert replication == [{"type": "hostssl", "database": "replication", "user": "replicator",
+                            "address": "10.0.0.22/32", "method": "scram-sha-256",
+                            "comment": "streaming replication to the standby db2"}]
+    # Without a replication user (or without standbys) there is no such line.
+    assert not [e for e in stack.hba_entries(STANDBY_VARS, STANDBY_GROUPS, "db1", *ROLES, tls=True)
+                if e["database"] == "replication"]
+    assert not [e for e in stack.hba_entries(FLEET_VARS, FLEET_GROUPS, "db1", *ROLES, tls=True,
+                                             replication_user="replicator") if e["database"] == "replication"]
+
+
+def test_standby_gets_the_primarys_app_lines_and_no_line_for_itself():
+    primary = stack.hba_entries(STANDBY_VARS, STANDBY_GROUPS, "db1", *ROLES, tls=True, replication_user="replicator")
+    standby = stack.hba_entries(STANDBY_VARS, STANDBY_GROUPS, "db2", *ROLES, tls=True, replication_user="replicator")
+    assert standby == [e for e in primary if e["database"] != "replication"]
+
+
+def test_standby_and_primary_listen_privately():
+    assert stack.listen_addresses(STANDBY_VARS, STANDBY_GROUPS, "db1") == "localhost,10.0.0.21"
+    assert stack.listen_addresses(STANDBY_VARS, STANDBY_GROUPS, "db2") == "localhost,10.0.0.22"
+    # A single host with a standby: the primary listens for it.
+    groups = {"db": ["vps"], "app": ["vps"], "web": ["vps"], "db_replica": ["db2"]}
+    assert stack.listen_addresses({**SINGLE_VARS, **STANDBY_VARS}, groups, "vps") == "localhost,203.0.113.10"
+
+
+def test_standby_firewall_primary_opens_to_apps_and_standby_standby_to_apps():
+    rules = stack.firewall_rules(STANDBY_VARS, STANDBY_GROUPS, "db1", 9991, [8001, 8002], 80, 443)
+    assert rules == [{"port": 9991, "proto": "tcp", "from": ["10.0.0.31", "10.0.0.32", "10.0.0.22"],
+                      "comment": "PostgreSQL from the app hosts and the standbys"}]
+    rules = stack.firewall_rules(STANDBY_VARS, STANDBY_GROUPS, "db2", 9991, [8001, 8002], 80, 443)
+    assert rules == [{"port": 9991, "proto": "tcp", "from": ["10.0.0.31", "10.0.0.32"],
+                      "comment": "PostgreSQL from the app hosts"}]
+    # The web host opens nothing to the standby.
+    assert stack.firewall_rules(STANDBY_VARS, STANDBY_GROUPS, "web1", 9991, [8001, 8002], 80, 443) == []
+
+
+def test_promoted_standby_becomes_the_apps_database():
+    assert stack.db_address(STANDBY_VARS, STANDBY_GROUPS, "app1") == "10.0.0.21"
+    assert stack.db_address(STANDBY_VARS, STANDBY_GROUPS, "app1", "db1") == "10.0.0.21"
+    assert stack.db_address(STANDBY_VARS, STANDBY_GROUPS, "app1", "db2") == "10.0.0.22"
+    assert stack.db_address(STANDBY_VARS, STANDBY_GROUPS, "db2", "db2") == "127.0.0.1"
+    assert stack.app_ip_allow(STANDBY_VARS, STANDBY_GROUPS, "app1", "10.0.0.31", "db2") == [
+        "10.0.0.22/32", "10.0.0.41/32", "10.0.0.31/32"]
+    with pytest.raises(AnsibleFilterError, match="stack_db_primary: 'web1' is in neither group db nor db_replica"):
+        stack.db_address(STANDBY_VARS, STANDBY_GROUPS, "app1", "web1")
+
+
+@pytest.mark.parametrize("host, slot", [("fleet-db2", "fleet_db2"), ("DB2.example.com", "db2_example_com"),
+                                        ("x" * 70, "x" * 63)])
+def test_replication_slot_names(host, slot):
+    assert stack.replication_slot(host) == slot
+
+
+def test_replication_slot_needs_a_usable_name():
+    with pytest.raises(AnsibleFilterError, match="no replication slot name"):
+        stack.replication_slot("--")

@@ -1,7 +1,10 @@
 """The whole stack on a split fleet (db, app1, app2, web), proven from outside."""
 
+import json
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 import testinfra
@@ -38,9 +41,16 @@ def test_health_through_caddy_reaches_both_app_hosts(host):
     assert len(served) == 1, served
 
 
-@pytest.mark.parametrize("src, allowed", [("fleet-app1", True), ("fleet-app2", True), ("fleet-web", False)])
-def test_database_port_only_from_app_hosts(host, src, allowed):
+@pytest.mark.parametrize("src, allowed", [("fleet-app1", True), ("fleet-app2", True), ("fleet-db2", True),
+                                          ("fleet-web", False)])
+def test_database_port_only_from_app_hosts_and_the_standby(host, src, allowed):
     assert can_connect(node(src), "fleet-db", 9991) is allowed
+
+
+@pytest.mark.parametrize("src, allowed", [("fleet-app1", True), ("fleet-web", False)])
+def test_standby_port_from_app_hosts_only(host, src, allowed):
+    """The apps use the standby once it is promoted."""
+    assert can_connect(node(src), "fleet-db2", 9991) is allowed
 
 
 def test_app_ports_only_from_the_web_host(host):
@@ -53,7 +63,7 @@ def test_check_mode_reports_no_changes(host):
     rc, out = run_playbook("playbooks/site.yml", "--check", "--diff")
     counts = recap(out)
     assert rc == 0, out[-4000:]
-    assert set(counts) == {"fleet-db", "fleet-app1", "fleet-app2", "fleet-web"}, counts
+    assert set(counts) == {"fleet-db", "fleet-db2", "fleet-app1", "fleet-app2", "fleet-web"}, counts
     assert all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
 
 
@@ -199,3 +209,119 @@ def test_restart_app_tag_loses_no_request(host):
     assert rc == 0, out[-4000:]
     assert loop.result["requests"] > 50
     assert loop.result["failures"] == 0, loop.result
+
+
+# The streaming standby (fleet-db2, group db_replica).
+def psql(name, sql, db="demo"):
+    return node(name).run("runuser -u postgres -- psql -X -p 9991 -d %s -v ON_ERROR_STOP=1 -Atc %s", db, sql)
+
+
+def test_standby_streams_over_tls_from_its_slot(host):
+    rows = psql("fleet-db", "SELECT r.application_name, r.state, s.ssl, s.version, sl.active "
+                            "FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
+                            "JOIN pg_replication_slots sl ON sl.active_pid = r.pid").stdout.split()
+    print("pg_stat_replication on fleet-db:", rows)
+    assert len(rows) == 1 and rows[0].startswith("fleet_db2|streaming|t|TLSv1.") and rows[0].endswith("|t"), rows
+    hba = node("fleet-db").check_output("grep -E '^hostssl +replication' /etc/postgresql/17/main/pg_hba.conf")
+    address = node("fleet-db2").check_output("hostname -I").split()[0]
+    assert hba.split()[2:5] == ["replicator", f"{address}/32", "scram-sha-256"], hba
+
+
+def test_a_row_written_on_the_primary_is_read_on_the_standby_within_5s(host):
+    token = f"replica-{time.time_ns()}"
+    write = psql("fleet-db", "CREATE TABLE IF NOT EXISTS replica_probe (token text PRIMARY KEY); "
+                             f"INSERT INTO replica_probe VALUES ('{token}')")
+    assert write.rc == 0, write.stderr
+    started = time.monotonic()
+    while time.monotonic() - started < 5:
+        if psql("fleet-db2", f"SELECT count(*) FROM replica_probe WHERE token = '{token}'").stdout.strip() == "1":
+            break
+        time.sleep(0.1)
+    seen = time.monotonic() - started
+    print(f"row written on fleet-db read on fleet-db2 after {seen:.2f} s")
+    assert seen < 5
+
+
+def test_the_standby_refuses_writes(host):
+    write = psql("fleet-db2", "INSERT INTO replica_probe VALUES ('on-the-standby')")
+    assert write.rc != 0 and "cannot execute INSERT in a read-only transaction" in write.stderr, write.stderr
+    # The app's roles exist there (replicated), so the apps can connect once it is promoted.
+    assert psql("fleet-db2", "SELECT count(*) FROM pg_roles WHERE rolname IN ('demo_app', 'demo_owner')").stdout.strip() == "2"
+
+
+def test_the_lag_status_file_is_fresh_and_small(host):
+    db2 = node("fleet-db2")
+    assert db2.service("postgresql-replica-status.timer").is_running
+    db2.check_output("systemctl start postgresql-replica-status.service")
+    status = json.loads(db2.check_output("cat /var/lib/postgresql-replica/status.json"))
+    print("replica status:", status)
+    assert status["ok"] is True and status["in_recovery"] is True and status["receiver_status"] == "streaming", status
+    assert status["lag_seconds"] < 5, status
+    score = db2.check_output("systemd-analyze security postgresql-replica-status.service | tail -n 1")
+    print(score)
+    assert float(score.split("level for postgresql-replica-status.service: ")[1].split()[0]) < 2, score
+
+
+def test_a_replica_without_a_primary_fails_before_anything_changes(host):
+    import yaml
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    data = yaml.safe_load(open(inventory, encoding="utf-8"))
+    data.pop("db")
+    broken = os.path.join(os.path.dirname(inventory), "no-primary.yml")
+    with open(broken, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
+    try:
+        proc = subprocess.run(["ansible-playbook", "-i", broken, "playbooks/site.yml"], capture_output=True, text=True,
+                              cwd=os.path.join(os.path.dirname(__file__), "..", "..", ".."), timeout=600, check=False)
+    finally:
+        os.remove(broken)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "a replica without a primary" in out, out[-3000:]
+    assert all(c["changed"] == 0 for c in recap(out).values()), recap(out)
+
+
+def test_a_wiped_standby_is_cloned_again_by_a_plain_run(host):
+    db2 = node("fleet-db2")
+    db2.check_output("systemctl stop postgresql@17-main && rm -rf /var/lib/postgresql/17/main/*")
+    rc, out = run_playbook("playbooks/site.yml", "--tags", "postgresql")
+    assert rc == 0, out[-4000:]
+    assert "Clone the standby from the primary" in out
+    assert psql("fleet-db2", "SELECT count(*) > 0 FROM replica_probe").stdout.strip() == "t"
+    assert db2.file("/var/lib/postgresql/17/main/standby.signal").exists
+
+
+def post_note(host, body):
+    cmd = host.run("curl -sS --max-time 15 --cacert %s -o /dev/null -w '%%{http_code}' -H 'Content-Type: application/json' "
+                   "-d %s https://localhost:8443/notes", "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt",
+                   json.dumps({"body": body}))
+    return cmd.stdout.strip()
+
+
+def test_promote_refuses_a_lagging_standby(host):
+    rc, out = run_playbook("playbooks/promote.yml", "-e", "promote_max_lag_seconds=-1")
+    assert rc != 0 and "fleet-db2 is not ready to be promoted: replay lags" in out, out[-3000:]
+    assert all(c["changed"] == 0 for c in recap(out).values()), recap(out)
+
+
+# Last: the fleet is destroyed afterwards.
+def test_zz_promote_the_standby(host):
+    assert post_note(host, "before the promote") == "201"
+    rc, out = run_playbook("playbooks/promote.yml", "-e", "promote_probe_path=/notes", "-e", "promote_probe_method=POST",
+                           "-e", '{"promote_probe_body": "{\\"body\\": \\"promote probe\\"}"}')
+    figures = out[out.find("Promoted fleet-db2"):][:400]
+    print(figures)
+    assert rc == 0, out[-5000:]
+    assert "write unavailability" in figures, out[-3000:]
+    # The app writes through Caddy again, into the new primary.
+    assert post_note(host, "after the promote") == "201"
+    assert psql("fleet-db2", "SELECT count(*) FROM notes WHERE body = 'after the promote'").stdout.strip() == "1"
+    assert psql("fleet-db2", "SELECT pg_is_in_recovery()").stdout.strip() == "f"
+    address = node("fleet-db2").check_output("hostname -I").split()[0]
+    for app in APPS:
+        assert f"@{address}:9991/" in app_database_url(app), app
+    # The old primary is stopped and cannot start.
+    db = node("fleet-db")
+    assert db.run("systemctl is-enabled postgresql@17-main").stdout.strip() == "masked"
+    assert db.run("systemctl is-active postgresql@17-main").stdout.strip() != "active"
+    assert db.run("systemctl start postgresql@17-main").rc != 0

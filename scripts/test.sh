@@ -79,7 +79,7 @@ PY
 # to the other, and app_service's tests give each host another variant of a
 # failure (hand edit vs stale record, recorded vs unrecorded schema head).
 # STACK_ALL_RELEASES=1 runs every platform of every scenario.
-declare -A ONE_RELEASE=([postgresql]=debian13 [caddy]=debian12 [backups]=debian12)
+declare -A ONE_RELEASE=([postgresql]=debian13 [caddy]=debian12)
 
 do_molecule() { # do_molecule SCENARIO
   local scenario="$1" rc args=()

@@ -13,8 +13,13 @@ import re
 import subprocess
 
 import pytest
+import testinfra
+
+# The database host only (the off-site host holds the SFTP repository).
+testinfra_hosts = ["ansible://backups-db"]
 
 PSQL = "runuser -u postgres -- psql -X -At -p 9991"
+PG = "17"  # Debian 13's PostgreSQL
 BACKUP_DIR = "/var/backups/postgresql"
 STATUS = "/var/lib/backups/status.json"
 TABLES = {
@@ -82,8 +87,9 @@ def test_timer_active_and_enabled(host):
     assert "Persistent=yes" in props
 
 
-def pgbackrest_info(host):
-    out = host.check_output("sudo -u postgres pgbackrest --stanza=main --output=json info")
+def pgbackrest_info(host, repo=None):
+    only = f" --repo={repo}" if repo else ""
+    out = host.check_output(f"sudo -u postgres pgbackrest --stanza=main{only} --output=json info")
     return json.loads(out)[0]
 
 
@@ -107,8 +113,21 @@ def test_pitr_timers_and_a_differential_backup_through_the_unit(host):
         assert timer.is_enabled and timer.is_running
     run = host.run("systemctl start backups-pitr@diff.service")
     assert run.rc == 0, host.run("journalctl -u backups-pitr@diff.service -n 30 --no-pager").stdout
-    kinds = [b["type"] for b in pgbackrest_info(host)["backup"]]
-    assert "diff" in kinds, kinds
+    # Both repositories: this host's and the off-site one over SFTP.
+    for repo in (1, 2):
+        kinds = [b["type"] for b in pgbackrest_info(host, repo)["backup"]]
+        assert "full" in kinds and "diff" in kinds, (repo, kinds)
+
+
+def test_pitr_offsite_repository_is_on_the_other_host(host):
+    info = pgbackrest_info(host, 2)
+    assert info["status"]["code"] == 0, info["status"]
+    # The WAL archive reaches it too, and the files are on the off-site container.
+    assert info["archive"] and info["archive"][0]["max"], info["archive"]
+    offsite = testinfra.get_host(f"ansible://backups-offsite?ansible_inventory={_molecule_inventory()}")
+    listing = offsite.check_output("find /srv/pgbackrest -type f | sed 's|/[^/]*$||' | sort -u")
+    assert "/srv/pgbackrest/backup/main" in listing and "/srv/pgbackrest/archive/main" in listing, listing
+    assert host.file("/var/lib/pgbackrest/backup/main").is_directory  # and the local repository stays
 
 
 def psql_port(host, port, database, query):
@@ -127,7 +146,7 @@ def test_pitr_restore_to_a_time_into_a_new_cluster(host):
     assert psql_port(host, 9992, "app", "SELECT pg_is_in_recovery()") == "f"
     # The copy never archives into the stanza, and does not start at boot.
     assert psql_port(host, 9992, "postgres", "SHOW archive_mode") == "off"
-    assert host.file("/etc/postgresql/15/pitr/start.conf").contains("^manual")
+    assert host.file(f"/etc/postgresql/{PG}/pitr/start.conf").contains("^manual")
     # The seeded tables came along.
     assert psql_port(host, 9992, "app", "SELECT count(*) FROM public.orders") == str(SEEDED["public.orders"])
 
@@ -139,7 +158,7 @@ def test_pitr_restore_over_the_live_cluster_to_a_restore_point(host):
     assert phases.split() == ["after=100", "before=100"], phases
     assert sql(host, "app", "SELECT count(*) FROM audit.events") == str(SEEDED["audit.events"])
     assert int(sql(host, "postgres", "SELECT timeline_id FROM pg_control_checkpoint()")) >= 2
-    aside = host.check_output("ls -d /var/lib/postgresql/15/main.before-restore-* | wc -l")
+    aside = host.check_output(f"ls -d /var/lib/postgresql/{PG}/main.before-restore-* | wc -l")
     assert aside == "1"
     # Still archiving, on the new timeline, after the full backup the restore started.
     assert sql(host, "postgres", "SHOW archive_mode") == "on"
@@ -153,6 +172,7 @@ def test_pitr_recovery_point_after_the_primary_is_killed(host):
     print(f"measured RPO {rpo} s (archive_timeout 15 s); restore of the latest point took "
           f"{measured['restore']['seconds']} s")
     assert measured["restore"]["type"] == "default"
+    assert int(measured["restore"]["repo"]) == 2  # from the off-site repository
     # The restore holds rows of the run: at most the archive timeout (plus the
     # archiver's own delay) is lost.
     assert 0 <= rpo <= 15 + 5, measured
@@ -164,9 +184,9 @@ PITR_REFUSALS = {
     "too old": ({"backups_restore_time": "2001-01-01 00:00:00+00"}, "is before the end of the oldest backup"),
     "no zone": ({"backups_restore_time": "2001-01-01 00:00:00"}, "has no time zone"),
     "existing copy": ({"backups_restore_latest": True, "backups_restore_cluster": "pitr"},
-                      "Refusing to restore over the existing cluster 15/pitr"),
+                      f"Refusing to restore over the existing cluster {PG}/pitr"),
     "live": ({"backups_restore_point": "before_cleanup", "backups_restore_cluster": "main"},
-             "Refusing to restore over the live cluster 15/main"),
+             f"Refusing to restore over the live cluster {PG}/main"),
     "port taken": ({"backups_restore_latest": True, "backups_restore_cluster": "other", "backups_restore_port": 9993},
                    "backups_restore_port: 9993 is not a free port"),
 }
@@ -178,7 +198,7 @@ def test_pitr_restore_refuses_bad_input_before_changing_anything(host, case):
     clusters = host.check_output("pg_lsclusters --no-header")
     playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "restore.yml")
     argv = ["ansible-playbook", "-i", _molecule_inventory(), "-l", host.backend.host, playbook,
-            "-e", "backups_target=all", "-e", json.dumps(extra)]
+            "-e", "backups_target=db", "-e", json.dumps(extra)]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
     output = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode != 0, output[-2000:]
@@ -380,7 +400,7 @@ def test_restore_into_live_database_without_confirmation_refuses(host):
     playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "restore.yml")
     proc = subprocess.run(
         ["ansible-playbook", "-i", _molecule_inventory(), "-l", name, playbook,
-         "-e", "backups_target=all", "-e", "backups_restore_database=app"],
+         "-e", "backups_target=db", "-e", "backups_restore_database=app"],
         capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode != 0, proc.stdout
     output = proc.stdout + proc.stderr

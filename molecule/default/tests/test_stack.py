@@ -1,5 +1,6 @@
 """The whole stack on one host, proven through Caddy over HTTPS."""
 
+import json
 import os
 import sys
 
@@ -44,6 +45,19 @@ def test_backup_playbook_produces_a_verified_backup(host):
     rc, out = run_playbook("playbooks/backup.yml")
     assert rc == 0, out[-4000:]
     assert "verified" in out
+
+
+def test_pitr_archiving_through_the_stack_wiring(host):
+    """The sandbox's backups_pitr_enabled: the stack turned WAL archiving on
+    (postgresql_archive_command/_timeout) and pgBackRest holds a full backup."""
+    psql = "runuser -u postgres -- psql -X -At -p 9991 -d postgres -c"
+    assert host.check_output(f"{psql} 'SHOW archive_mode'") == "on"
+    assert host.check_output(f"{psql} 'SHOW archive_command'") == "pgbackrest --stanza=main archive-push %p"
+    assert host.check_output(f"{psql} 'SHOW archive_timeout'") == "1min"
+    check = host.run("runuser -u postgres -- pgbackrest --stanza=main check")
+    assert check.rc == 0, check.stdout + check.stderr
+    info = json.loads(host.check_output("runuser -u postgres -- pgbackrest --stanza=main --output=json info"))[0]
+    assert info["status"]["code"] == 0 and any(b["type"] == "full" for b in info["backup"]), info
 
 
 def test_redeploy_while_serving_loses_no_request(host, tmp_path):

@@ -315,3 +315,24 @@ def test_bad_apps_fail_before_any_role_runs(tmp_path, change, message):
     assert proc.returncode != 0, output[-3000:]
     assert message in output, output[-3000:]
     assert seen == {}, sorted(seen)
+
+
+def test_pitr_wiring_follows_the_inventory_and_yields_to_it(wired, tmp_path):
+    """backups_pitr_* in the inventory switch the server's WAL archiving on
+    (the stack's wiring of postgresql_archive_*); the inventory's own
+    postgresql_archive_timeout in group_vars/db wins over that wiring."""
+    assert wired["postgresql"]["postgresql_archive_command"] == ""
+    layers = {"group_vars/all/stack.yml": {"backups_pitr_enabled": True, "backups_pitr_stanza": "prod",
+                                           "backups_pitr_rpo_seconds": 30},
+              "group_vars/db.yml": {"postgresql_archive_timeout": 45}}
+    proc, seen = run_site(tmp_path, layers)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert seen["postgresql"]["postgresql_archive_command"] == "pgbackrest --stanza=prod archive-push %p"
+    assert int(seen["postgresql"]["postgresql_archive_timeout"]) == 45
+    assert seen["backups"]["backups_pitr_enabled"] is True
+    assert seen["backups"]["backups_pitr_stanza"] == "prod"
+    # Without the override the timeout follows the RPO.
+    (tmp_path / "rpo").mkdir()
+    proc, seen = run_site(tmp_path / "rpo", {"group_vars/all/stack.yml": layers["group_vars/all/stack.yml"]})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert int(seen["postgresql"]["postgresql_archive_timeout"]) == 30

@@ -291,6 +291,33 @@ def test_a_wiped_standby_is_cloned_again_by_a_plain_run(host):
     assert db2.file("/var/lib/postgresql/17/main/standby.signal").exists
 
 
+def test_a_failing_lag_check_runs_the_alert(host):
+    """The check with a lag limit no standby meets (a runtime drop-in) fails, and
+    OnFailure= runs the alert unit, which logs the status."""
+    db2 = node("fleet-db2")
+    dropin = "/run/systemd/system/postgresql-replica-status.service.d"
+    check = ("/usr/bin/python3 /usr/local/lib/postgresql-replica/replica_status.py --port 9991 --max-lag -1 "
+             "--out /var/lib/postgresql-replica/status.json")
+    db2.check_output(f"mkdir -p {dropin} && printf '[Service]\\nExecStart=\\nExecStart={check}\\n' > {dropin}/test.conf "
+                     "&& systemctl daemon-reload")
+    try:
+        since = db2.check_output("date +%s")
+        assert db2.run("systemctl start postgresql-replica-status.service").rc != 0
+        logged = ""
+        for _ in range(30):
+            logged = db2.run(f"journalctl -o cat --since @{since} "
+                             "-u postgresql-replica-alert@postgresql-replica-status.service").stdout
+            if "PostgreSQL standby check postgresql-replica-status.service failed" in logged:
+                break
+            time.sleep(0.5)
+        print(logged.strip()[-400:])
+        assert "PostgreSQL standby check postgresql-replica-status.service failed" in logged, logged
+        assert "replay lags" in logged, logged
+    finally:
+        db2.run(f"rm -rf {dropin} && systemctl daemon-reload && systemctl reset-failed postgresql-replica-status.service")
+    db2.check_output("systemctl start postgresql-replica-status.service")
+
+
 def post_note(host, body):
     cmd = host.run("curl -sS --max-time 15 --cacert %s -o /dev/null -w '%%{http_code}' -H 'Content-Type: application/json' "
                    "-d %s https://localhost:8443/notes", "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt",

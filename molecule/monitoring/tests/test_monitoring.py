@@ -1,0 +1,139 @@
+"""The monitoring role seen from outside: exporters answer, only on
+localhost; every alert the tests can produce reaches the webhook receiver;
+the Watchdog reaches the dead-man's switch; bad input fails before anything
+changes; check mode reports no changes. Tests run in file order: the alert
+test breaks things and puts them back."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+CONVERGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "converge.yml")
+
+
+def _inventory():
+    path = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not path or not os.path.exists(path):
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run through molecule verify")
+    return path
+
+
+def prom(host, path):
+    return json.loads(host.check_output(f"curl -sf 'http://127.0.0.1:9090{path}'"))
+
+
+def received(host, name):
+    out = host.run(f"cat /var/lib/webhook/{name}.jsonl").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def firing(host, name):
+    names = set()
+    for message in received(host, name):
+        names.update(a["labels"]["alertname"] for a in message["alerts"] if a["status"] == "firing")
+    return names
+
+
+def test_exporters_answer_and_every_target_is_up(host):
+    assert "node_filesystem_avail_bytes" in host.check_output("curl -sf http://127.0.0.1:9100/metrics")
+    assert "pg_up 1" in host.check_output("curl -sf http://127.0.0.1:9187/metrics")
+    deadline = time.time() + 60
+    while True:
+        targets = prom(host, "/api/v1/targets")["data"]["activeTargets"]
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        if all(h == "up" for h in health.values()) or time.time() > deadline:
+            break
+        time.sleep(2)
+    print(f"targets: {health}")
+    assert set(health) >= {"prometheus", "alertmanager", "node", "postgres", "http_app"}
+    assert all(h == "up" for h in health.values()), health
+
+
+def test_everything_listens_on_localhost_only(host):
+    listening = host.check_output("ss -Htln | awk '{print $4}'").split()
+    for port in (9090, 9093, 9100, 9115, 9187):
+        addresses = [a for a in listening if a.endswith(f":{port}")]
+        assert addresses == [f"127.0.0.1:{port}"], (port, addresses)
+    assert not [a for a in listening if a.endswith(":9094")]  # no cluster gossip
+
+
+def test_the_exporter_role_is_only_a_pg_monitor_member(host):
+    out = host.check_output("runuser -u postgres -- psql -X -At -p 9991 -c "
+                            "\"SELECT rolsuper, rolcreatedb, rolcreaterole, "
+                            "(SELECT string_agg(b.rolname, ',') FROM pg_auth_members m JOIN pg_roles b ON b.oid = m.roleid "
+                            "WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = 'prometheus'\"")
+    assert out == "f|f|f|pg_monitor", out
+
+
+def test_watchdog_reaches_the_dead_mans_switch(host):
+    deadline = time.time() + 60
+    while "Watchdog" not in firing(host, "deadman") and time.time() < deadline:
+        time.sleep(2)
+    assert "Watchdog" in firing(host, "deadman")
+    assert "Watchdog" not in firing(host, "team")
+
+
+def test_each_alert_fires_and_reaches_the_webhook(host):
+    wanted = {"StackPostgresDown", "StackDiskAlmostFull", "StackBackupTooOld", "StackUnitFailed",
+              "StackHttpCheckFailing"}
+    assert not wanted & firing(host, "team"), firing(host, "team")
+    started = time.time()
+    host.check_output("systemctl stop postgresql@17-main fakeapp")
+    host.check_output("head -c 7900k /dev/zero > /srv/fill/blob")
+    host.check_output("mkdir -p /var/lib/backups && printf '%s' "
+                      "'{\"last_good\": {\"set\": \"20250101T000000Z\", \"finished\": \"2025-01-01T00:10:00Z\"}}'"
+                      " > /var/lib/backups/status.json")
+    host.run("systemctl start stacktest-fail.service")
+    try:
+        seen = {}
+        deadline = time.time() + 120
+        while time.time() < deadline and set(seen) != wanted:
+            for name in wanted & firing(host, "team"):
+                seen.setdefault(name, round(time.time() - started, 1))
+            time.sleep(1)
+        print(f"seconds from the fault to the webhook: {seen}")
+        assert set(seen) == wanted, (wanted - set(seen), prom(host, "/api/v1/alerts"))
+    finally:
+        host.run("rm -f /srv/fill/blob /var/lib/backups/status.json")
+        host.run("systemctl reset-failed stacktest-fail.service")
+        host.check_output("systemctl start postgresql@17-main fakeapp")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"monitoring_alert_overrides": {"StackNope": {"for": "1m"}}}, "monitoring_alert_overrides: unknown alert(s) StackNope"),
+    ({"monitoring_webhook_urls": ["hooks.example.com/x"]}, "not an http(s) URL: hooks.example.com/x"),
+])
+def test_bad_input_fails_naming_the_variable_before_any_change(host, extra, message):
+    before = host.check_output("md5sum /etc/prometheus/alertmanager.yml /etc/prometheus/stack-rules.yml")
+    proc = subprocess.run(["ansible-playbook", "-i", _inventory(), CONVERGE, "-e", json.dumps(extra)],
+                          capture_output=True, text=True, check=False, timeout=600)
+    output = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0, output[-2000:]
+    assert message in output, output[-2000:]
+    assert "changed=0" in output
+    assert host.check_output("md5sum /etc/prometheus/alertmanager.yml /etc/prometheus/stack-rules.yml") == before
+
+
+def test_check_mode_reports_no_changes(host):
+    proc = subprocess.run(["ansible-playbook", "-i", _inventory(), CONVERGE, "--check", "--diff"],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    recap = [line for line in proc.stdout.splitlines() if line.startswith(host.backend.host + " ")]
+    assert recap and "changed=0" in recap[0], proc.stdout[-3000:]
+
+
+def test_unit_hardening_figures(host):
+    """systemd-analyze security of what the role runs (reported; the metrics
+    unit is the role's own and must score 2.0 or better)."""
+    scores = {}
+    for unit in ("stack-metrics.service", "prometheus.service", "prometheus-alertmanager.service",
+                 "prometheus-node-exporter.service", "prometheus-postgres-exporter.service",
+                 "prometheus-blackbox-exporter.service"):
+        out = host.run(f"systemd-analyze security {unit} --no-pager").stdout
+        line = [x for x in out.splitlines() if "Overall exposure level" in x]
+        scores[unit] = float(line[-1].split("level for")[1].split(":")[1].split()[0]) if line else None
+    print(f"systemd-analyze security: {scores}")
+    assert scores["stack-metrics.service"] is not None and scores["stack-metrics.service"] <= 2.0, scores

@@ -117,6 +117,26 @@ def test_bad_input_fails_naming_the_variable_before_any_change(host, extra, mess
     assert host.check_output("md5sum /etc/prometheus/alertmanager.yml /etc/prometheus/stack-rules.yml") == before
 
 
+def test_a_port_in_use_fails_the_run_and_the_service_keeps_running(host):
+    """The node exporter moved to the webhook receiver's port: the run fails
+    naming the service and the variable, the exporter runs again on its last
+    good port; a plain re-run with good values leaves everything up."""
+    proc = subprocess.run(["ansible-playbook", "-i", _inventory(), CONVERGE,
+                           "-e", json.dumps({"monitoring_node_exporter_port": 9999})],
+                          capture_output=True, text=True, check=False, timeout=600)
+    output = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0, output[-2000:]
+    assert "prometheus-node-exporter did not answer on 127.0.0.1 at 9999" in output, output[-2000:]
+    assert "monitoring_*_port" in output
+    assert "127.0.0.1:9100" in host.check_output("cat /etc/default/prometheus-node-exporter")
+    assert "node_filesystem_avail_bytes" in host.check_output("curl -sf --retry 10 --retry-connrefused "
+                                                             "--retry-delay 1 http://127.0.0.1:9100/metrics")
+    healed = subprocess.run(["ansible-playbook", "-i", _inventory(), CONVERGE],
+                            capture_output=True, text=True, check=False, timeout=600)
+    assert healed.returncode == 0, healed.stdout[-3000:]
+    assert "node_filesystem_avail_bytes" in host.check_output("curl -sf http://127.0.0.1:9100/metrics")
+
+
 def test_check_mode_reports_no_changes(host):
     proc = subprocess.run(["ansible-playbook", "-i", _inventory(), CONVERGE, "--check", "--diff"],
                           capture_output=True, text=True, check=False, timeout=600)

@@ -21,6 +21,34 @@ def _inventory():
     return path
 
 
+CHROMIUM = ("chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
+            "--virtual-time-budget=2000")
+STATUS = "file:///var/lib/stack-status/index.html"
+REPORTS = os.path.join(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."), "reports")
+
+
+def status_dom(host, screenshot=""):
+    """The status page as Chromium renders it (and a screenshot, copied to
+    reports/ on the controller, which git ignores)."""
+    if screenshot:
+        host.check_output(f"cd /tmp && {CHROMIUM} --window-size=1280,900 --screenshot=/tmp/{screenshot} {STATUS}")
+        os.makedirs(REPORTS, exist_ok=True)
+        subprocess.run(["docker", "cp", f"{host.backend.host}:/tmp/{screenshot}", os.path.join(REPORTS, screenshot)],
+                       check=True)
+    return host.check_output(f"{CHROMIUM} --dump-dom {STATUS} 2>/dev/null")
+
+
+def wait_for_status(host, predicate, seconds=60):
+    deadline = time.time() + seconds
+    dom = ""
+    while time.time() < deadline:
+        dom = status_dom(host)
+        if predicate(dom):
+            return dom
+        time.sleep(2)
+    return dom
+
+
 def prom(host, path):
     return json.loads(host.check_output(f"curl -sf 'http://127.0.0.1:9090{path}'"))
 
@@ -50,6 +78,14 @@ def test_exporters_answer_and_every_target_is_up(host):
     print(f"targets: {health}")
     assert set(health) >= {"prometheus", "alertmanager", "node", "postgres", "http_app"}
     assert all(h == "up" for h in health.values()), health
+
+
+def test_the_status_page_shows_everything_working_in_chromium(host):
+    dom = wait_for_status(host, lambda d: 'id="overall" data-state="ok"' in d)
+    status_dom(host, "monitoring-status-ok.png")
+    assert 'id="overall" data-state="ok"' in dom, dom[-2000:]
+    assert "Everything is working" in dom
+    assert "PostgreSQL on monitoring-debian13" in dom and "HTTP check app" in dom
 
 
 def test_everything_listens_on_localhost_only(host):
@@ -96,6 +132,13 @@ def test_each_alert_fires_and_reaches_the_webhook(host):
             time.sleep(1)
         print(f"seconds from the fault to the webhook: {seen}")
         assert set(seen) == wanted, (wanted - set(seen), prom(host, "/api/v1/alerts"))
+        # The status page shows the failing components and the alerts.
+        dom = wait_for_status(host, lambda d: "StackPostgresDown" in d)
+        status_dom(host, "monitoring-status-failing.png")
+        assert 'id="overall" data-state="failing"' in dom, dom[-2000:]
+        card = dom.split("PostgreSQL on monitoring-debian13")[0].rsplit("<div", 1)[-1]
+        assert 'data-state="failing"' in card, card
+        assert "stacktest-fail.service failed" in dom and "StackDiskAlmostFull" in dom
     finally:
         host.run("rm -f /srv/fill/blob /var/lib/backups/status.json")
         host.run("systemctl reset-failed stacktest-fail.service")

@@ -31,10 +31,13 @@ def status_dom(host, screenshot=""):
     """The status page as Chromium renders it (and a screenshot, copied to
     reports/ on the controller, which git ignores)."""
     if screenshot:
-        host.check_output(f"cd /tmp && {CHROMIUM} --window-size=1280,900 --screenshot=/tmp/{screenshot} {STATUS}")
+        # Not /tmp: docker cp does not see the container's tmpfs mounts.
+        host.check_output(f"cd /var/tmp && {CHROMIUM} --window-size=1280,900 --screenshot=/var/tmp/{screenshot} "
+                          f"{STATUS}")
         os.makedirs(REPORTS, exist_ok=True)
-        subprocess.run(["docker", "cp", f"{host.backend.host}:/tmp/{screenshot}", os.path.join(REPORTS, screenshot)],
-                       check=True)
+        subprocess.run(["docker", "cp", f"{host.backend.host}:/var/tmp/{screenshot}",
+                        os.path.join(REPORTS, screenshot)], check=True)
+        assert os.path.getsize(os.path.join(REPORTS, screenshot)) > 10000
     return host.check_output(f"{CHROMIUM} --dump-dom {STATUS} 2>/dev/null")
 
 
@@ -86,6 +89,7 @@ def test_the_status_page_shows_everything_working_in_chromium(host):
     assert 'id="overall" data-state="ok"' in dom, dom[-2000:]
     assert "Everything is working" in dom
     assert "PostgreSQL on monitoring-debian13" in dom and "HTTP check app" in dom
+    assert "prometheus on monitoring-debian13" in dom and "alertmanager on monitoring-debian13" in dom
 
 
 def test_everything_listens_on_localhost_only(host):

@@ -30,7 +30,9 @@ except ImportError:  # pragma: no cover - only without ansible installed
 
 SITE_KEYS = ("address", "aliases", "tls", "tls_cert", "tls_key", "encode", "security_headers",
              "hsts", "headers", "access_log", "routes", "raw")
-ROUTE_KEYS = ("path", "strip_prefix", "reverse_proxy", "file_server", "redirect", "respond")
+ROUTE_KEYS = ("path", "strip_prefix", "basic_auth", "reverse_proxy", "file_server", "redirect", "respond")
+# A bcrypt hash as Caddy's basic_auth takes it ($2a$, $2b$ or $2y$, cost, 53 characters).
+_BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 HANDLERS = ("reverse_proxy", "file_server", "redirect", "respond")
 PROXY_KEYS = ("upstreams", "lb_policy", "lb_try_duration", "lb_try_interval", "health_uri",
               "health_interval", "health_timeout", "health_status", "fail_duration",
@@ -209,6 +211,20 @@ def _upstream(value: Any, where: str) -> str:
     return text
 
 
+def _basic_auth(users: Any, where: str) -> dict[str, str]:
+    """{user: bcrypt hash}: the route answers 401 without one of them."""
+    if users in (None, {}):
+        return {}
+    if not isinstance(users, Mapping):
+        _fail(where, "'basic_auth' must map user names to bcrypt hashes")
+    for user, hashed in users.items():
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", str(user)):
+            _fail(where, f"basic_auth user {user!r} must be letters, digits, '.', '_' or '-'")
+        if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed):
+            _fail(where, f"basic_auth password of {user!r} must be a bcrypt hash ($2b$...), not the password")
+    return {str(user): str(hashed) for user, hashed in users.items()}
+
+
 def _route(route: Any, where: str) -> dict[str, Any]:
     _check_keys(route, ROUTE_KEYS, where)
     paths = _str_list(route.get("path"), where, "path")
@@ -227,7 +243,8 @@ def _route(route: Any, where: str) -> dict[str, Any]:
         if len(paths) != 1 or not paths[0].endswith("/*") or len(paths[0]) < 3:
             _fail(where, "'strip_prefix' needs exactly one path of the form /prefix/*")
         prefix = paths[0][:-2]
-    norm: dict[str, Any] = {"paths": paths, "strip_prefix": prefix, "kind": kind}
+    norm: dict[str, Any] = {"paths": paths, "strip_prefix": prefix, "kind": kind,
+                            "basic_auth": _basic_auth(route.get("basic_auth"), where)}
     if kind == "reverse_proxy":
         _check_keys(spec, PROXY_KEYS, f"{where}.reverse_proxy")
         upstreams = _str_list(spec.get("upstreams"), where, "reverse_proxy.upstreams")
@@ -439,6 +456,8 @@ def _render_route(route: dict[str, Any], index: int, matchers: list[str]) -> lis
         matchers.append(f"@route{index} path " + " ".join(matcher))
         matcher = [f"@route{index}"]
     body: list[str] = []
+    if route["basic_auth"]:
+        _block(body, "basic_auth", [f"{user} {hashed}" for user, hashed in sorted(route["basic_auth"].items())])
     if route["strip_prefix"]:
         body.append(f"uri strip_prefix {caddy_quote(route['strip_prefix'])}")
     if route["kind"] == "reverse_proxy":

@@ -135,6 +135,24 @@ def test_access_log_with_rotation():
     assert text.startswith("api.example.com, *.example.org {\n")
 
 
+BCRYPT = "$2b$12$3qGgqVu7e80UNUGtXwqnJuFMpI1bhvaN45ZeoTutrXt.4vRkZM5Au"
+
+
+def test_basic_auth_guards_a_route_and_refuses_a_plain_password():
+    text = caddy_sites_render([{"address": "example.com", "routes": [
+        {"path": "/status/*", "strip_prefix": True, "basic_auth": {"ops": BCRYPT},
+         "file_server": {"root": "/var/lib/stack-status"}},
+        {"reverse_proxy": {"upstreams": ["127.0.0.1:8001"]}},
+    ]}])
+    block = text.split("handle /status/* {")[1].split("\n\t\t}")[0]
+    assert f"basic_auth {{\n\t\t\t\tops {BCRYPT}\n\t\t\t}}" in block
+    assert block.index("basic_auth") < block.index("file_server")
+    assert "basic_auth" not in text.split("handle /status/* {")[0]
+    with pytest.raises(AnsibleFilterError, match="must be a bcrypt hash"):
+        caddy_sites_render([{"address": "example.com", "routes": [
+            {"path": "/s/*", "basic_auth": {"ops": "hunter2"}, "file_server": {"root": "/srv"}}]}])
+
+
 def test_redirect_strip_prefix_and_several_paths():
     text = caddy_sites_render([{"address": "example.com", "routes": [
         {"path": ["/old", "/older/*"], "redirect": {"to": "https://example.com/new{uri}", "code": "302"}},

@@ -87,12 +87,18 @@ status() {
     [ "$code" = 200 ] || ok=1
     lines+="$(printf '  Health %-41s https://localhost:%s%s -> %s %s' "($path):" "$HTTPS_PORT" "$path" "${code:-no answer}" "${body:0:80}")"$'\n'
   done
+  local status_code
+  status_code="$(curl -sS --cacert "$ca" --max-time 5 -o /dev/null -w '%{http_code}' \
+    -u "status:$(cat .cache/sandbox-secrets/status_password 2>/dev/null)" "https://localhost:$HTTPS_PORT/status/" 2>/dev/null || true)"
   cat <<TXT
 
 Sandbox is up (container: $NAME)
   App through Caddy (HTTPS):                       https://localhost:$HTTPS_PORT/
   Caddy's internal CA (to trust in a browser):     $ca   (curl --cacert $ca ...)
-${lines}  Plain HTTP (redirects to HTTPS):                 http://localhost:$HTTP_PORT/
+${lines}  Status page (user status, password in .cache/sandbox-secrets/status_password):
+                                                   https://localhost:$HTTPS_PORT/status/   -> $status_code
+  Prometheus / Alertmanager (inside the container): docker exec -it $NAME curl -s localhost:9090/api/v1/alerts
+  Plain HTTP (redirects to HTTPS):                 http://localhost:$HTTP_PORT/
   PostgreSQL (inside the container, port 9991):    docker exec -it $NAME sudo -u postgres psql -p 9991 demo
   Logs:                                            docker exec -it $NAME journalctl -u caddy -u 'demo@*' -f
   Shell:                                           docker exec -it $NAME bash

@@ -25,6 +25,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = ["base", "postgresql", "app_service", "caddy", "backups"]
+# Roles site.yml names that this inventory (no monitoring group) never runs.
+OTHER_ROLES = ["monitoring"]
 BIN = Path(sys.executable).parent
 
 # What each role's tasks see, recorded as JSON: every variable named after the role.
@@ -120,7 +122,7 @@ def _roles_dir(tmp: Path) -> Path:
     roles = tmp / "roles"
     roles.mkdir()
     (roles / "stack").symlink_to(REPO / "roles" / "stack")
-    for role in ROLES:
+    for role in ROLES + OTHER_ROLES:
         src, dest = REPO / "roles" / role, roles / role
         (dest / "tasks").mkdir(parents=True)
         for part in ("defaults", "vars", "meta"):

@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
@@ -58,6 +59,32 @@ def test_pitr_archiving_through_the_stack_wiring(host):
     assert check.rc == 0, check.stdout + check.stderr
     info = json.loads(host.check_output("runuser -u postgres -- pgbackrest --stanza=main --output=json info"))[0]
     assert info["status"]["code"] == 0 and any(b["type"] == "full" for b in info["backup"]), info
+
+
+def test_status_page_through_caddy_needs_the_login(host):
+    """The monitoring role's status page at /status/ (group monitoring), behind
+    basic auth with the sandbox's generated password."""
+    secrets = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], ".cache", "sandbox-secrets", "status_password")
+    with open(secrets, encoding="ascii") as handle:
+        password = handle.read().strip()
+    url = "https://localhost:8443/status/"
+    ca = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+    assert host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {ca} {url}") == "401"
+    assert host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {ca} -u status:wrong {url}") == "401"
+    page = host.check_output(f"curl -sf --cacert {ca} -u status:{password} {url}")
+    assert 'id="overall"' in page and "HTTP check site" in page, page[:2000]
+
+
+def test_prometheus_checks_the_site_through_caddy_and_postgresql(host):
+    def value(expr):
+        out = json.loads(host.check_output(f"curl -sf --get --data-urlencode 'query={expr}' "
+                                           "http://127.0.0.1:9090/api/v1/query"))
+        return [r["value"][1] for r in out["data"]["result"]]
+    deadline = time.time() + 60
+    while time.time() < deadline and (value('probe_success{check="site"}') != ["1"] or value("pg_up") != ["1"]):
+        time.sleep(2)
+    assert value('probe_success{check="site"}') == ["1"]
+    assert value("pg_up") == ["1"]
 
 
 def test_redeploy_while_serving_loses_no_request(host, tmp_path):

@@ -15,6 +15,7 @@ functions above it; tests in tests/unit call the functions directly.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
@@ -457,7 +458,10 @@ def _render_route(route: dict[str, Any], index: int, matchers: list[str]) -> lis
         matcher = [f"@route{index}"]
     body: list[str] = []
     if route["basic_auth"]:
-        _block(body, "basic_auth", [f"{user} {hashed}" for user, hashed in sorted(route["basic_auth"].items())])
+        # `basicauth` and base64-encoded hashes: what Caddy 2.6 (Debian 12 and 13) parses; later
+        # releases still accept both (basic_auth and a plain $2b$ hash are 2.8+ only).
+        _block(body, "basicauth", [f"{user} {base64.b64encode(hashed.encode()).decode()}"
+                                   for user, hashed in sorted(route["basic_auth"].items())])
     if route["strip_prefix"]:
         body.append(f"uri strip_prefix {caddy_quote(route['strip_prefix'])}")
     if route["kind"] == "reverse_proxy":
@@ -585,6 +589,28 @@ def caddy_admin_validate(address: Any, var: str = "caddy_admin") -> str:
     return text
 
 
+_PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+
+
+def caddy_metrics_listen_validate(address: Any, var: str = "caddy_metrics_listen") -> list[str]:
+    """``host:port`` of the metrics listener, as [host, port]: a loopback or
+    private address only (Caddy's metrics are not for the internet)."""
+    text = str(address or "").strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        _fail(var, f"{address!r} must be host:port, e.g. 127.0.0.1:2020")
+    _port(port, var, f"{address!r}")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare != "localhost":
+        try:
+            ip = ipaddress.ip_address(bare)
+        except ValueError:
+            _fail(var, f"{address!r}: the host must be an IP address or localhost")
+        if not (ip.is_loopback or any(ip in net for net in _PRIVATE_NETS if net.version == ip.version)):
+            _fail(var, f"{address!r} must be a loopback or private address; Caddy's metrics are not for the internet")
+    return [host, str(int(port))]
+
+
 def caddy_listen_check(sites: Any, http_port: Any = 80, https_port: Any = 443,
                        admin: Any = "unix//run/caddy/admin.sock",
                        var: str = "caddy_sites") -> list[int]:
@@ -690,6 +716,7 @@ class FilterModule:
             "caddy_sites_validate": caddy_sites_validate,
             "caddy_sites_render": caddy_sites_render,
             "caddy_admin_validate": caddy_admin_validate,
+            "caddy_metrics_listen_validate": caddy_metrics_listen_validate,
             "caddy_quote": caddy_quote,
             "caddy_listen_check": caddy_listen_check,
             "caddy_error_lines": caddy_error_lines,

@@ -289,6 +289,7 @@ APP_DEFAULTS: dict[str, Any] = {
     "runtime": "python",
     "health_path": None,
     "deep_health_path": "",
+    "metrics_path": "",
     "source_type": "dir",
     "source_path": "",
     "git_repo": "",
@@ -404,7 +405,7 @@ def _plan_app(app: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -
             f"{where}.source_type: must be one of {', '.join(APP_SOURCE_TYPES)}, got {out['source_type']!r}")
     if out["egress"] not in APP_EGRESS:
         raise AnsibleFilterError(f"{where}.egress: must be one of {', '.join(APP_EGRESS)}, got {out['egress']!r}")
-    for key in ("health_path", "deep_health_path"):
+    for key in ("health_path", "deep_health_path", "metrics_path"):
         path = str(out[key] or "")
         if (path or key == "health_path") and not path.startswith("/"):
             raise AnsibleFilterError(f"{where}.{key}: must be a path starting with /, got {path!r}")
@@ -458,6 +459,9 @@ def app_routes(hostvars: Any, groups: Any, me: str, plan: Any, maintenance: Any 
         upstreams = caddy_upstreams(hostvars, groups, me, app["ports"], fixed=not app.get("legacy"))
         proxy = {"upstreams": upstreams, "health_uri": app["health_path"], "health_interval": "1s",
                  "health_timeout": "1s", "lb_try_duration": "10s", "lb_try_interval": "250ms"}
+        if app["metrics_path"] and not maintenance:
+            # The app's metrics are for Prometheus on the private side, not for the internet.
+            routes.append({"path": app["metrics_path"], "respond": {"status": 404, "body": "Not Found"}})
         route: dict[str, Any] = {"reverse_proxy": proxy}
         if maintenance:
             route["path"] = sorted({app["health_path"]} | ({app["deep_health_path"]} - {""}))
@@ -471,6 +475,15 @@ def app_routes(hostvars: Any, groups: Any, me: str, plan: Any, maintenance: Any 
                                                "Cache-Control": "no-store"}}})
     return routes
 
+
+def app_metrics_targets(hostvars: Any, groups: Any, me: str, plan: Any) -> list[dict[str, Any]]:
+    """Prometheus scrape configs ({job, metrics_path, targets}) for every app
+    of ``plan`` with a metrics_path: each instance of each app host, as ``me``
+    reaches it. Both colours are listed; the idle one does not answer (job
+    app_<name>, whose StackTargetDown is left to the site's health check)."""
+    return [{"job": f"app_{app['name']}", "metrics_path": app["metrics_path"],
+             "targets": caddy_upstreams(hostvars, groups, me, app["ports"], fixed=not app.get("legacy"))}
+            for app in plan if app.get("metrics_path")]
 
 
 class FilterModule:
@@ -491,4 +504,5 @@ class FilterModule:
             "stack_firewall_rules": firewall_rules,
             "stack_apps_plan": apps_plan,
             "stack_app_routes": app_routes,
+            "stack_app_metrics_targets": app_metrics_targets,
         }

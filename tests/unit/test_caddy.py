@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import sys
@@ -145,9 +146,10 @@ def test_basic_auth_guards_a_route_and_refuses_a_plain_password():
         {"reverse_proxy": {"upstreams": ["127.0.0.1:8001"]}},
     ]}])
     block = text.split("handle /status/* {")[1].split("\n\t\t}")[0]
-    assert f"basic_auth {{\n\t\t\t\tops {BCRYPT}\n\t\t\t}}" in block
-    assert block.index("basic_auth") < block.index("file_server")
-    assert "basic_auth" not in text.split("handle /status/* {")[0]
+    encoded = base64.b64encode(BCRYPT.encode()).decode()
+    assert f"basicauth {{\n\t\t\t\tops {encoded}\n\t\t\t}}" in block
+    assert block.index("basicauth") < block.index("file_server")
+    assert "basicauth" not in text.split("handle /status/* {")[0]
     with pytest.raises(AnsibleFilterError, match="must be a bcrypt hash"):
         caddy_sites_render([{"address": "example.com", "routes": [
             {"path": "/s/*", "basic_auth": {"ops": "hunter2"}, "file_server": {"root": "/srv"}}]}])
@@ -387,3 +389,25 @@ def test_changed_files_bad_input():
         caddy_changed_files([], {"name": "x"})
     with pytest.raises(AnsibleFilterError, match="expects sha256sum output"):
         caddy_changed_files(42, FILES)
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("127.0.0.1:2020", ["127.0.0.1", "2020"]),
+    ("localhost:2020", ["localhost", "2020"]),
+    ("10.0.0.5:9180", ["10.0.0.5", "9180"]),
+    ("[::1]:2020", ["[::1]", "2020"]),
+])
+def test_metrics_listen_takes_loopback_and_private_addresses(address, expected):
+    assert caddy.caddy_metrics_listen_validate(address) == expected
+
+
+@pytest.mark.parametrize("address,message", [
+    ("0.0.0.0:2020", "loopback or private"),
+    ("203.0.113.7:2020", "loopback or private"),
+    ("example.com:2020", "IP address or localhost"),
+    ("127.0.0.1", "must be host:port"),
+    ("127.0.0.1:99999", "caddy_metrics_listen"),
+])
+def test_metrics_listen_refuses_public_or_malformed_addresses(address, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        caddy.caddy_metrics_listen_validate(address)

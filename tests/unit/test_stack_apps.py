@@ -119,9 +119,26 @@ def test_the_per_app_include_maps_every_key_of_the_plan():
     mappings = [t["vars"] for t in tasks if t.get("ansible.builtin.include_role")]
     assert len(mappings) == 2 and mappings[0] == mappings[1]
     read = {value.split("__stack_app.")[1].split()[0] for value in mappings[0].values() if "__stack_app." in value}
-    # Used by the stack role itself (routes, final health checks), not app_service.
-    stack_only = {"route", "deep_health_path"}
+    # Used by the stack role itself (routes, final health checks, monitoring), not app_service.
+    stack_only = {"route", "deep_health_path", "metrics_path"}
     assert read - set(stack.APP_DEFAULTS) == set()
     assert set(stack.APP_DEFAULTS) - read - stack_only == set()
     # Each app_service variable is set once, from the key of the same name where one exists.
     assert all(key.startswith("app_service_") for key in mappings[0])
+
+
+def test_an_app_with_a_metrics_path_is_scraped_on_both_colours_and_hidden_by_caddy():
+    plan = stack.apps_plan([
+        {"name": "api", "ports": [8101, 8102], "route": "/api/*", "source_path": "/srv/api", "metrics_path": "/metrics"},
+        {"name": "web", "ports": [8201, 8202], "source_path": "/srv/web"},
+    ], {}, {"health_path": "/health", "egress": "open", "exec_wrapper": []})
+    hostvars = {"one": {}}
+    groups = {"app": ["one"], "web": ["one"], "db": ["one"]}
+    assert stack.app_metrics_targets(hostvars, groups, "one", plan) == [
+        {"job": "app_api", "metrics_path": "/metrics", "targets": ["127.0.0.1:8101", "127.0.0.1:8102"]}]
+    routes = stack.app_routes(hostvars, groups, "one", plan)
+    assert routes[0] == {"path": "/metrics", "respond": {"status": 404, "body": "Not Found"}}
+    assert all("respond" not in r for r in stack.app_routes(hostvars, groups, "one", plan, maintenance=True)[:-1])
+    with pytest.raises(AnsibleFilterError, match=r"stack_apps\[0\].metrics_path: must be a path"):
+        stack.apps_plan([{"name": "api", "ports": [1, 2], "source_path": "/s", "metrics_path": "metrics"}], {},
+                        {"health_path": "/health", "egress": "open", "exec_wrapper": []})

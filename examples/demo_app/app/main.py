@@ -9,14 +9,33 @@ release directory (or APP_RELEASE_ID when set).
 from __future__ import annotations
 
 import os
+import threading
+from collections import Counter
 from pathlib import Path
 
 import psycopg
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 app = FastAPI(title="demo_app", docs_url=None, redoc_url=None, openapi_url=None)
+
+# Requests answered by this process, by method and status code, for /metrics.
+# Each uvicorn worker counts its own; Prometheus sums what it scrapes.
+_requests: Counter[tuple[str, int]] = Counter()
+_requests_lock = threading.Lock()
+
+
+@app.middleware("http")
+async def count_requests(request: Request, call_next):
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        with _requests_lock:
+            _requests[(request.method, status)] += 1
 
 
 def release_id() -> str:
@@ -45,6 +64,20 @@ def connect() -> psycopg.Connection:
 def health() -> JSONResponse:
     """Liveness: the process answers. No database access."""
     return JSONResponse({"status": "ok", "release": release_id()}, status_code=200)
+
+
+@app.get("/metrics", response_class=PlainTextResponse)
+def metrics() -> str:
+    """Prometheus text format: requests by method and code, and the release."""
+    with _requests_lock:
+        counts = sorted(_requests.items())
+    lines = ["# HELP demo_app_requests_total Requests answered, by method and status code.",
+             "# TYPE demo_app_requests_total counter"]
+    lines += [f'demo_app_requests_total{{method="{method}",code="{code}"}} {n}' for (method, code), n in counts]
+    lines += ["# HELP demo_app_release_info The release this process runs.",
+              "# TYPE demo_app_release_info gauge",
+              f'demo_app_release_info{{release="{release_id()}"}} 1']
+    return "\n".join(lines) + "\n"
 
 
 @app.get("/health/db")

@@ -7,7 +7,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
-from stacktest import RequestLoop, get, recap, redeploy_under_load, run_playbook  # noqa: E402
+from stacktest import CADDY_CA, HTTPS, RequestLoop, get, recap, redeploy_under_load, run_playbook  # noqa: E402
 
 
 def test_health_through_caddy(host):
@@ -75,16 +75,29 @@ def test_status_page_through_caddy_needs_the_login(host):
     assert 'id="overall"' in page and "HTTP check site" in page, page[:2000]
 
 
-def test_prometheus_checks_the_site_through_caddy_and_postgresql(host):
+def test_prometheus_scrapes_the_site_caddy_the_app_and_postgresql(host):
+    """The stack's wiring of the monitoring role: the site's health through
+    Caddy (trusting Caddy's internal CA, whose 12-hour certificates are left
+    out of the expiry alert), PostgreSQL, Caddy's metrics listener and the
+    demo app's /metrics on the live colour; /metrics is 404 from outside."""
     def value(expr):
         out = json.loads(host.check_output(f"curl -sf --get --data-urlencode 'query={expr}' "
                                            "http://127.0.0.1:9090/api/v1/query"))
         return [r["value"][1] for r in out["data"]["result"]]
+    wanted = {'probe_success{check="site"}': ["1"], "pg_up": ["1"], 'up{job="caddy"}': ["1"],
+              'max(up{job="app_demo"})': ["1"], 'count(up{job="app_demo"})': ["2"],
+              'count(probe_ssl_earliest_cert_expiry{cert_check="no"})': ["1"]}
     deadline = time.time() + 60
-    while time.time() < deadline and (value('probe_success{check="site"}') != ["1"] or value("pg_up") != ["1"]):
+    while time.time() < deadline and any(value(q) != v for q, v in wanted.items()):
         time.sleep(2)
-    assert value('probe_success{check="site"}') == ["1"]
-    assert value("pg_up") == ["1"]
+    assert {q: value(q) for q in wanted} == wanted
+    assert value('sum(demo_app_requests_total{code="200"}) > 0'), "the app's counters are not scraped"
+    assert value("sum(caddy_http_request_duration_seconds_count) > 0"), "Caddy's request metrics are not scraped"
+    assert not value('ALERTS{alertname="StackCertificateExpiring"}')
+    code = host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {CADDY_CA} {HTTPS}/metrics")
+    assert code == "404", code
+    # Caddy's metrics listener serves nothing but /metrics.
+    assert host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:2020/") == "404"
 
 
 def test_redeploy_while_serving_loses_no_request(host, tmp_path):

@@ -212,18 +212,35 @@ def _upstream(value: Any, where: str) -> str:
     return text
 
 
+def _bcrypt(hashed: Any) -> str:
+    """The bcrypt hash itself, given as is or base64-encoded (what Caddy 2.6's
+    `caddy hash-password` prints); "" when it is neither."""
+    if not isinstance(hashed, str):
+        return ""
+    if _BCRYPT_RE.match(hashed):
+        return hashed
+    try:
+        decoded = base64.b64decode(hashed, validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return decoded if _BCRYPT_RE.match(decoded) else ""
+
+
 def _basic_auth(users: Any, where: str) -> dict[str, str]:
     """{user: bcrypt hash}: the route answers 401 without one of them."""
     if users in (None, {}):
         return {}
     if not isinstance(users, Mapping):
         _fail(where, "'basic_auth' must map user names to bcrypt hashes")
+    out = {}
     for user, hashed in users.items():
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", str(user)):
             _fail(where, f"basic_auth user {user!r} must be letters, digits, '.', '_' or '-'")
-        if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed):
-            _fail(where, f"basic_auth password of {user!r} must be a bcrypt hash ($2b$...), not the password")
-    return {str(user): str(hashed) for user, hashed in users.items()}
+        out[str(user)] = _bcrypt(hashed)
+        if not out[str(user)]:
+            _fail(where, f"basic_auth password of {user!r} must be a bcrypt hash ($2b$..., or base64 of one "
+                         "as `caddy hash-password` prints), not the password")
+    return out
 
 
 def _route(route: Any, where: str) -> dict[str, Any]:

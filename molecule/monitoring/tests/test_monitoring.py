@@ -6,6 +6,7 @@ test breaks things and puts them back."""
 
 import json
 import os
+import shlex
 import subprocess
 import time
 
@@ -79,7 +80,7 @@ def test_exporters_answer_and_every_target_is_up(host):
             break
         time.sleep(2)
     print(f"targets: {health}")
-    assert set(health) >= {"prometheus", "alertmanager", "node", "postgres", "http_app"}
+    assert set(health) >= {"prometheus", "alertmanager", "node", "postgres", "http_app", "http_tls", "caddy"}
     assert all(h == "up" for h in health.values()), health
 
 
@@ -94,7 +95,7 @@ def test_the_status_page_shows_everything_working_in_chromium(host):
 
 def test_everything_listens_on_localhost_only(host):
     listening = host.check_output("ss -Htln | awk '{print $4}'").split()
-    for port in (9090, 9093, 9100, 9115, 9187):
+    for port in (9090, 9093, 9100, 9115, 9187, 2020):
         addresses = [a for a in listening if a.endswith(f":{port}")]
         assert addresses == [f"127.0.0.1:{port}"], (port, addresses)
     assert not [a for a in listening if a.endswith(":9094")]  # no cluster gossip
@@ -147,6 +148,61 @@ def test_each_alert_fires_and_reaches_the_webhook(host):
         host.run("rm -f /srv/fill/blob /var/lib/backups/status.json")
         host.run("systemctl reset-failed stacktest-fail.service")
         host.check_output("systemctl start postgresql@17-main fakeapp")
+
+
+def test_connections_5xx_and_an_expiring_certificate_fire_and_reach_the_webhook(host):
+    """17 of max_connections 20 held open, requests through Caddy answering
+    502 (a route to a closed port), and the TLS check's certificate swapped
+    for one that expires in 5 days."""
+    wanted = {"StackPostgresConnectionsHigh", "StackHttp5xxRate", "StackCertificateExpiring"}
+    assert not wanted & firing(host, "team"), firing(host, "team")
+    hold = ("import psycopg2, time\n"
+            "held = [psycopg2.connect('port=9991 dbname=postgres') for _ in range(17)]\n"
+            "time.sleep(600)\n")
+    started = time.time()
+    host.check_output(f"systemd-run --unit load-conns --uid postgres /usr/bin/python3 -c {shlex.quote(hold)}")
+    host.check_output("systemd-run --unit load-5xx /bin/sh -c "
+                      "'while :; do curl -sk -o /dev/null https://localhost:9943/broken/x; sleep 0.2; done'")
+    host.check_output("ln -sfn cert-5.pem /srv/tls/current.pem && systemctl restart tlsapp")
+    try:
+        seen = {}
+        deadline = time.time() + 120
+        while time.time() < deadline and set(seen) != wanted:
+            for name in wanted & firing(host, "team"):
+                seen.setdefault(name, round(time.time() - started, 1))
+            time.sleep(1)
+        print(f"seconds from the fault to the webhook: {seen}")
+        assert set(seen) == wanted, (wanted - set(seen), prom(host, "/api/v1/alerts"))
+        metrics = host.check_output("curl -sf http://127.0.0.1:2020/metrics")
+        assert 'code="502"' in metrics, "Caddy's metrics do not count the 502s"
+    finally:
+        host.run("systemctl stop load-conns load-5xx")
+        host.check_output("ln -sfn cert-3650.pem /srv/tls/current.pem && systemctl restart tlsapp")
+
+
+def test_replication_lag_alert_with_promtool(host):
+    """No standby runs here (molecule/fleet has one): the lag alert is proven
+    on the installed rules file with promtool's rule tests, on the series the
+    exporter gives a standby (pg_replication_lag_seconds), lagging from minute 3."""
+    case = {
+        "rule_files": ["/etc/prometheus/stack-rules.yml"],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            "input_series": [{"series": 'pg_replication_lag_seconds{instance="db2:9187"}',
+                              "values": "0x11 120x20"}],
+            "alert_rule_test": [
+                {"eval_time": "2m", "alertname": "StackReplicationLag", "exp_alerts": []},
+                {"eval_time": "6m", "alertname": "StackReplicationLag",
+                 "exp_alerts": [{"exp_labels": {"severity": "page", "instance": "db2:9187"},
+                                 "exp_annotations": {"summary": "The standby db2:9187 replays 120 s behind its primary"}}]},
+            ],
+        }],
+    }
+    host.check_output(f"printf '%s' {shlex.quote(json.dumps(case))} > /var/tmp/lag-test.yml")
+    out = host.run("promtool test rules /var/tmp/lag-test.yml")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -27,10 +27,11 @@ def fake_prometheus(results, alerts=()):
 
 
 HEALTHY = {
-    "up": [({"job": "node", "host": "db1"}, 1), ({"job": "http_app", "instance": "x"}, 1)],
+    "up": [({"job": "node", "host": "db1"}, 1), ({"job": "http_app", "instance": "x"}, 1),
+           ({"job": "app_api", "instance": "10.0.0.5:8001"}, 1), ({"job": "app_api", "instance": "10.0.0.5:8002"}, 0)],
     "pg_up": [({"host": "db1"}, 1)],
     "probe_success": [({"check": "app", "instance": "https://example.test/health"}, 1)],
-    "(probe_ssl": [({"instance": "https://example.test/health"}, 60)],
+    "(probe_ssl_earliest_cert_expiry{cert_check!=\"no\"}": [({"instance": "https://example.test/health"}, 60)],
     "(1 - node_filesystem": [({"mountpoint": "/"}, 40), ({"mountpoint": "/srv"}, 55)],
     "(time() - stack_backup": [({"host": "db1"}, 3.5)],
     "stack_unit_failed": [({"unit": "caddy.service"}, 0)],
@@ -47,6 +48,8 @@ def test_a_healthy_stack_is_green_with_its_figures():
     assert "60 days left" in page
     # The blackbox job's own `up` is not a component; its probe is.
     assert "http_app on" not in page and "HTTP check app" in page
+    # The idle colour of a blue/green app does not answer: the app is up.
+    assert "App api" in page and "1 of 2 instances answer" in page
     assert 'data-state="failing"' not in page
 
 
@@ -89,3 +92,17 @@ def test_metrics_backup_age_and_failed_units(tmp_path, monkeypatch):
     assert 'stack_unit_failed{unit="caddy.service"} 0' in lines
     assert 'stack_unit_failed{unit="backups.service"} 1' in lines
     assert not [line for line in lines if "ssh" in line]
+
+
+def test_an_app_with_no_instance_answering_fails_and_internal_certificates_are_left_out():
+    queries = []
+    down = dict(HEALTHY, up=[({"job": "app_api", "instance": "10.0.0.5:8001"}, 0),
+                             ({"job": "app_api", "instance": "10.0.0.5:8002"}, 0)])
+    fetch = fake_prometheus(down)
+
+    def recording(path, params):
+        queries.append(params.get("query", ""))
+        return fetch(path, params)
+    cards = stack_status.components(recording, 26, 85, 14)
+    assert cards[0] == {"name": "App api", "state": "failing", "figure": "no instance answers"}
+    assert any(q.startswith('(probe_ssl_earliest_cert_expiry{cert_check!="no"}') for q in queries), queries

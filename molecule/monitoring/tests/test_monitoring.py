@@ -69,6 +69,19 @@ def firing(host, name):
     return names
 
 
+def assert_alerts_reach_the_webhook(host, wanted, started, seconds=120):
+    """Wait until every alert of ``wanted`` has reached the team's webhook;
+    print how long each took from ``started`` (the fault)."""
+    seen = {}
+    deadline = time.time() + seconds
+    while time.time() < deadline and set(seen) != wanted:
+        for name in wanted & firing(host, "team"):
+            seen.setdefault(name, round(time.time() - started, 1))
+        time.sleep(1)
+    print(f"seconds from the fault to the webhook: {seen}")
+    assert set(seen) == wanted, (wanted - set(seen), prom(host, "/api/v1/alerts"))
+
+
 def test_exporters_answer_and_every_target_is_up(host):
     assert "node_filesystem_avail_bytes" in host.check_output("curl -sf http://127.0.0.1:9100/metrics")
     assert "pg_up 1" in host.check_output("curl -sf http://127.0.0.1:9187/metrics")
@@ -129,14 +142,7 @@ def test_each_alert_fires_and_reaches_the_webhook(host):
                       " > /var/lib/backups/status.json")
     host.run("systemctl start stacktest-fail.service")
     try:
-        seen = {}
-        deadline = time.time() + 120
-        while time.time() < deadline and set(seen) != wanted:
-            for name in wanted & firing(host, "team"):
-                seen.setdefault(name, round(time.time() - started, 1))
-            time.sleep(1)
-        print(f"seconds from the fault to the webhook: {seen}")
-        assert set(seen) == wanted, (wanted - set(seen), prom(host, "/api/v1/alerts"))
+        assert_alerts_reach_the_webhook(host, wanted, started)
         # The status page shows the failing components and the alerts.
         dom = wait_for_status(host, lambda d: "StackPostgresDown" in d)
         status_dom(host, "monitoring-status-failing.png")
@@ -165,14 +171,7 @@ def test_connections_5xx_and_an_expiring_certificate_fire_and_reach_the_webhook(
                       "'while :; do curl -sk -o /dev/null https://localhost:9943/broken/x; sleep 0.2; done'")
     host.check_output("ln -sfn cert-5.pem /srv/tls/current.pem && systemctl restart tlsapp")
     try:
-        seen = {}
-        deadline = time.time() + 120
-        while time.time() < deadline and set(seen) != wanted:
-            for name in wanted & firing(host, "team"):
-                seen.setdefault(name, round(time.time() - started, 1))
-            time.sleep(1)
-        print(f"seconds from the fault to the webhook: {seen}")
-        assert set(seen) == wanted, (wanted - set(seen), prom(host, "/api/v1/alerts"))
+        assert_alerts_reach_the_webhook(host, wanted, started)
         assert host.check_output("curl -sk -o /dev/null -w '%{http_code}' https://localhost:9943/broken/x") == "502"
     finally:
         host.run("systemctl stop load-conns load-5xx")

@@ -52,20 +52,32 @@ def components(fetch: Fetch, backups_max_age_hours: float, disk_used_percent: fl
                cert_min_days: float) -> list[dict[str, str]]:
     """Cards: {name, state, figure}, problems first."""
     cards: list[dict[str, str]] = []
+    apps: dict[str, list[float]] = {}
     for labels, value in query(fetch, "up"):
         job = labels.get("job", "?")
         if job.startswith("http_"):
             continue
+        if job.startswith("app_"):
+            # Blue/green: one colour is idle and does not answer; the app is
+            # up when one of its instances answers.
+            apps.setdefault(job[len("app_"):], []).append(value)
+            continue
         name = f"{job} on {labels.get('host') or labels.get('instance', '?')}"
         cards.append({"name": name, "state": OK if value == 1 else FAIL,
                       "figure": "answers" if value == 1 else "does not answer"})
+    for app, values in apps.items():
+        live = sum(1 for value in values if value == 1)
+        cards.append({"name": f"App {app}", "state": OK if live else FAIL,
+                      "figure": f"{live} of {len(values)} instances answer" if live else "no instance answers"})
     for labels, value in query(fetch, "pg_up"):
         cards.append({"name": f"PostgreSQL on {labels.get('host') or labels.get('instance', '?')}",
                       "state": OK if value == 1 else FAIL, "figure": "up" if value == 1 else "down"})
     for labels, value in query(fetch, "probe_success"):
         cards.append({"name": f"HTTP check {labels.get('check') or labels.get('instance', '?')}",
                       "state": OK if value == 1 else FAIL, "figure": labels.get("instance", "")})
-    for labels, value in query(fetch, "(probe_ssl_earliest_cert_expiry - time()) / 86400"):
+    # Short-lived certificates a server renews itself (Caddy's internal ones)
+    # are labelled cert_check="no" and left out, as in the expiry alert.
+    for labels, value in query(fetch, '(probe_ssl_earliest_cert_expiry{cert_check!="no"} - time()) / 86400'):
         cards.append({"name": f"Certificate of {labels.get('instance', '?')}",
                       "state": OK if value >= cert_min_days else WARN, "figure": f"{value:.0f} days left"})
     disks = query(fetch, '(1 - node_filesystem_avail_bytes{fstype!~"overlay|squashfs|nsfs|proc|ramfs",'

@@ -183,14 +183,14 @@ def caddy_upstreams(hostvars: Any, groups: Any, me: str, default_ports: Any, fix
 
 def app_ip_allow(hostvars: Any, groups: Any, me: str, bind_address: str, primary: Any = None) -> list[str]:
     """The app unit's IPAddressAllow besides localhost: a remote database (the
-    ``primary``, see db_address), the remote web hosts, and the host's own
-    address when the app binds to it (the health gate asks from the host
-    itself)."""
+    ``primary``, see db_address), the remote web hosts and monitoring hosts
+    (the app's metrics), and the host's own address when the app binds to it
+    (the health gate asks from the host itself)."""
     addresses = []
     database = db_address(hostvars, groups, me, primary)
     if database != LOOPBACK:
         addresses.append(database)
-    addresses += [host_address(hostvars, h) for h in _others(_group(groups, "web"), me)]
+    addresses += [host_address(hostvars, h) for h in _others(_group(groups, "web") + _group(groups, "monitoring"), me)]
     if str(bind_address) not in (LOOPBACK, "::1", "localhost"):
         addresses.append(str(bind_address))
     return list(dict.fromkeys(_cidr(a) for a in addresses))
@@ -246,13 +246,30 @@ def db_remote(groups: Any, me: str) -> bool:
 
 
 def firewall_rules(hostvars: Any, groups: Any, me: str, db_port: Any, app_ports: Any,
-                   http_port: Any, https_port: Any) -> list[dict[str, Any]]:
+                   http_port: Any, https_port: Any, monitoring_ports: Any = None) -> list[dict[str, Any]]:
     """ufw rules for ``me`` beyond SSH/HTTP/HTTPS: the database port from the
     remote app hosts and standbys (on the primary and on each standby, which
     the apps use once it is promoted), the app ports from the remote web
-    hosts, and Caddy's non-standard ports from anywhere (base_firewall_rules
-    format)."""
+    hosts, Caddy's non-standard ports from anywhere, and what the remote
+    monitoring hosts scrape (``monitoring_ports``: node, postgres and caddy
+    exporter ports; base_firewall_rules format)."""
     rules: list[dict[str, Any]] = []
+    scrapers = _others(_group(groups, "monitoring"), me)
+    if scrapers and monitoring_ports:
+        sources = [host_address(hostvars, h) for h in scrapers]
+        wanted = [("node", True, "node exporter"),
+                  ("postgres", me in _group(groups, "db") + _group(groups, "db_replica"), "PostgreSQL exporter"),
+                  ("caddy", me in _group(groups, "web"), "Caddy's metrics")]
+        for key, applies, what in wanted:
+            if applies:
+                rules.append({"port": int(monitoring_ports[key]), "proto": "tcp", "from": sources,
+                              "comment": f"{what} from the monitoring hosts"})
+        # A monitoring host that is also a web host reaches the app ports already.
+        others = [host_address(hostvars, h) for h in scrapers if h not in _group(groups, "web")]
+        if me in _group(groups, "app") and others:
+            for port in _ports(app_ports, "app_service_ports"):
+                rules.append({"port": port, "proto": "tcp", "from": others,
+                              "comment": "app metrics from the monitoring hosts"})
     if me in _group(groups, "db") + _group(groups, "db_replica"):
         apps = _others(_group(groups, "app"), me)
         standbys = _others(_group(groups, "db_replica"), me)
@@ -476,6 +493,35 @@ def app_routes(hostvars: Any, groups: Any, me: str, plan: Any, maintenance: Any 
     return routes
 
 
+def _stack_hosts(groups: Any) -> list[str]:
+    return list(dict.fromkeys(_group(groups, "db") + _group(groups, "db_replica") + _group(groups, "app")
+                              + _group(groups, "web") + _group(groups, "monitoring")))
+
+
+def monitoring_address(hostvars: Any, groups: Any, host: str) -> str:
+    """Where the exporters of ``host`` listen: loopback when the whole stack
+    is this one host, else its private address (a monitoring host scrapes it)."""
+    return LOOPBACK if _stack_hosts(groups) == [host] else host_address(hostvars, host)
+
+
+def monitoring_targets(hostvars: Any, groups: Any) -> list[dict[str, Any]]:
+    """Every host of the stack for the monitoring hosts to scrape (the
+    monitoring role's monitoring_targets): node exporter on each, the
+    PostgreSQL exporter on the primary and the standbys."""
+    databases = _group(groups, "db") + _group(groups, "db_replica")
+    return [{"host": host, "address": monitoring_address(hostvars, groups, host), "postgres": host in databases}
+            for host in _stack_hosts(groups)]
+
+
+def caddy_metrics_targets(hostvars: Any, groups: Any, port: Any, hosts: Any = None) -> list[str]:
+    """host:port of Caddy's metrics listener on every web host (or on ``hosts``)."""
+    out = []
+    for host in _group(groups, "web") if hosts is None else list(hosts):
+        address = monitoring_address(hostvars, groups, host)
+        out.append(f"[{address}]:{int(port)}" if ":" in address else f"{address}:{int(port)}")
+    return out
+
+
 def app_metrics_targets(hostvars: Any, groups: Any, me: str, plan: Any) -> list[dict[str, Any]]:
     """Prometheus scrape configs ({job, metrics_path, targets}) for every app
     of ``plan`` with a metrics_path: each instance of each app host, as ``me``
@@ -505,4 +551,7 @@ class FilterModule:
             "stack_apps_plan": apps_plan,
             "stack_app_routes": app_routes,
             "stack_app_metrics_targets": app_metrics_targets,
+            "stack_monitoring_address": monitoring_address,
+            "stack_monitoring_targets": monitoring_targets,
+            "stack_caddy_metrics_targets": caddy_metrics_targets,
         }

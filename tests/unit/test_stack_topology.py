@@ -244,3 +244,54 @@ def test_replication_slot_names(host, slot):
 def test_replication_slot_needs_a_usable_name():
     with pytest.raises(AnsibleFilterError, match="no replication slot name"):
         stack.replication_slot("--")
+
+
+# --- monitoring ---------------------------------------------------------------
+
+MONITORED = dict(FLEET_GROUPS, db_replica=["db2"], monitoring=["web1"])
+MONITORED_VARS = dict(FLEET_VARS, db2={"stack_private_address": "10.0.0.22"})
+PORTS = {"node": 9100, "postgres": 9187, "caddy": 2020}
+
+
+def test_one_host_monitoring_stays_on_loopback():
+    groups = dict(SINGLE_GROUPS, monitoring=["vps"])
+    assert stack.monitoring_address(SINGLE_VARS, groups, "vps") == "127.0.0.1"
+    assert stack.monitoring_targets(SINGLE_VARS, groups) == [{"host": "vps", "address": "127.0.0.1", "postgres": True}]
+    assert stack.caddy_metrics_targets(SINGLE_VARS, groups, 2020) == ["127.0.0.1:2020"]
+    # Nothing to open: the scraper is the host itself.
+    assert stack.firewall_rules(SINGLE_VARS, groups, "vps", 9991, [8001, 8002], 80, 443, PORTS) == []
+
+
+def test_a_monitoring_host_scrapes_every_host_on_its_private_address():
+    assert stack.monitoring_targets(MONITORED_VARS, MONITORED) == [
+        {"host": "db1", "address": "10.0.0.21", "postgres": True},
+        {"host": "db2", "address": "10.0.0.22", "postgres": True},
+        {"host": "app1", "address": "10.0.0.31", "postgres": False},
+        {"host": "app2", "address": "10.0.0.32", "postgres": False},
+        {"host": "web1", "address": "10.0.0.41", "postgres": False}]
+    assert stack.monitoring_address(MONITORED_VARS, MONITORED, "web1") == "10.0.0.41"
+    assert stack.caddy_metrics_targets(MONITORED_VARS, MONITORED, 2020) == ["10.0.0.41:2020"]
+    assert stack.caddy_metrics_targets(MONITORED_VARS, MONITORED, 2020, ["web1"]) == ["10.0.0.41:2020"]
+
+
+def test_monitoring_opens_the_exporters_to_the_monitoring_hosts_only():
+    def opened(host):
+        rules = stack.firewall_rules(MONITORED_VARS, MONITORED, host, 9991, [8001, 8002], 80, 443, PORTS)
+        return {(r["port"], tuple(r["from"])) for r in rules if "monitoring" in r["comment"]}
+    web = ("10.0.0.41",)
+    assert opened("db1") == {(9100, web), (9187, web)}
+    assert opened("db2") == {(9100, web), (9187, web)}
+    # web1 reaches the app ports as the web host already: no second rule.
+    assert opened("app1") == {(9100, web)}
+    alone = dict(MONITORED, monitoring=["mon1"])
+    alone_vars = dict(MONITORED_VARS, mon1={"stack_private_address": "10.0.0.51"})
+    rules = stack.firewall_rules(alone_vars, alone, "app1", 9991, [8001, 8002], 80, 443, PORTS)
+    assert {(r["port"], tuple(r["from"])) for r in rules if "monitoring" in r["comment"]} == {
+        (9100, ("10.0.0.51",)), (8001, ("10.0.0.51",)), (8002, ("10.0.0.51",))}
+    assert opened("web1") == set()  # the monitoring host scrapes itself
+    # The app units admit the monitoring host (their /metrics).
+    # The app units admit a monitoring host that is not a web host (their /metrics).
+    groups = dict(MONITORED, web=["web9"])
+    hostvars = dict(MONITORED_VARS, web9={"stack_private_address": "10.0.0.49"})
+    assert stack.app_ip_allow(hostvars, groups, "app1", "10.0.0.31") == [
+        "10.0.0.21/32", "10.0.0.49/32", "10.0.0.41/32", "10.0.0.31/32"]

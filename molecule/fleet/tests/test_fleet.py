@@ -318,6 +318,51 @@ def test_a_failing_lag_check_runs_the_alert(host):
     db2.check_output("systemctl start postgresql-replica-status.service")
 
 
+def prom_values(host, expr):
+    """The values of a PromQL expression on the monitoring host (fleet-web)."""
+    out = json.loads(host.check_output(f"curl -sf --get --data-urlencode 'query={expr}' "
+                                       "http://$(hostname -I | cut -d' ' -f1):9090/api/v1/query"))
+    return [r["value"][1] for r in out["data"]["result"]]
+
+
+def test_the_monitoring_host_scrapes_every_host_over_the_private_network(host):
+    """fleet-web (groups web and monitoring) runs Prometheus; every host runs
+    its node exporter, the primary and the standby their PostgreSQL exporter,
+    on their private address, open to the monitoring host only."""
+    wanted = {'count(up{job="node"} == 1)': ["5"], 'count(up{job="postgres"} == 1)': ["2"],
+              "count(pg_up == 1)": ["2"], 'count(up{job="caddy"} == 1)': ["1"],
+              'count(up{job="app_demo"} == 1)': ["2"], 'probe_success{check="site"}': ["1"],
+              'count(pg_replication_is_replica == 1)': ["1"]}
+    deadline = time.time() + 90
+    while time.time() < deadline and any(prom_values(host, q) != v for q, v in wanted.items()):
+        time.sleep(3)
+    assert {q: prom_values(host, q) for q in wanted} == wanted
+    for src, allowed in (("fleet-web", True), ("fleet-app1", False)):
+        assert can_connect(node(src), "fleet-db", 9100) is allowed, src
+        assert can_connect(node(src), "fleet-db2", 9187) is allowed, src
+    db = node("fleet-db")
+    assert db.run("systemctl is-active prometheus").stdout.strip() != "active"
+    assert db.check_output("systemctl is-active prometheus-node-exporter prometheus-postgres-exporter") == "active\nactive"
+
+
+def test_a_paused_standby_makes_the_replication_lag_alert_pending(host):
+    """Replay paused on fleet-db2 and a row written on the primary: the
+    exporter's lag passes 30 s and the rule's alert goes pending (it would
+    fire after its 2 minutes); replay resumed, the lag is 0 again."""
+    psql = "runuser -u postgres -- psql -X -At -p 9991 -c"
+    db2 = node("fleet-db2")
+    db2.check_output(f"{psql} 'SELECT pg_wal_replay_pause()'")
+    try:
+        assert post_note(host, "written while the standby pauses") == "201"
+        deadline = time.time() + 90
+        while time.time() < deadline and not prom_values(host, 'ALERTS{alertname="StackReplicationLag"}'):
+            time.sleep(3)
+        print(f"lag: {prom_values(host, 'pg_replication_lag_seconds')}")
+        assert prom_values(host, 'ALERTS{alertname="StackReplicationLag"}'), "no StackReplicationLag alert"
+    finally:
+        db2.check_output(f"{psql} 'SELECT pg_wal_replay_resume()'")
+
+
 def post_note(host, body):
     cmd = host.run("curl -sS --max-time 15 --cacert %s -o /dev/null -w '%%{http_code}' -H 'Content-Type: application/json' "
                    "-d %s https://localhost:8443/notes", "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt",

@@ -507,10 +507,19 @@ def monitoring_address(hostvars: Any, groups: Any, host: str) -> str:
 def monitoring_targets(hostvars: Any, groups: Any) -> list[dict[str, Any]]:
     """Every host of the stack for the monitoring hosts to scrape (the
     monitoring role's monitoring_targets): node exporter on each, the
-    PostgreSQL exporter on the primary and the standbys."""
+    PostgreSQL exporter on the primary and the standbys. A host whose address
+    is unknown here (a run that does not gather its facts: promote.yml
+    leaves the old primary out, or --limit) gets address "": the monitoring
+    role refuses to run with it, naming the host, and other plays need not."""
     databases = _group(groups, "db") + _group(groups, "db_replica")
-    return [{"host": host, "address": monitoring_address(hostvars, groups, host), "postgres": host in databases}
-            for host in _stack_hosts(groups)]
+    targets = []
+    for host in _stack_hosts(groups):
+        try:
+            address = monitoring_address(hostvars, groups, host)
+        except AnsibleFilterError:
+            address = ""
+        targets.append({"host": host, "address": address, "postgres": host in databases})
+    return targets
 
 
 def caddy_metrics_targets(hostvars: Any, groups: Any, port: Any, hosts: Any = None) -> list[str]:

@@ -274,6 +274,13 @@ def test_a_monitoring_host_scrapes_every_host_on_its_private_address():
     assert stack.caddy_metrics_targets(MONITORED_VARS, MONITORED, 2020, ["web1"]) == ["10.0.0.41:2020"]
 
 
+def test_a_host_without_a_known_address_is_left_for_the_monitoring_role_to_refuse():
+    hostvars = dict(MONITORED_VARS, app2={})  # no facts, no stack_private_address (promote.yml, --limit)
+    targets = stack.monitoring_targets(hostvars, MONITORED)
+    assert {"host": "app2", "address": "", "postgres": False} in targets
+    assert [t["address"] for t in targets if t["host"] != "app2"] == ["10.0.0.21", "10.0.0.22", "10.0.0.31", "10.0.0.41"]
+
+
 def test_monitoring_opens_the_exporters_to_the_monitoring_hosts_only():
     def opened(host):
         rules = stack.firewall_rules(MONITORED_VARS, MONITORED, host, 9991, [8001, 8002], 80, 443, PORTS)

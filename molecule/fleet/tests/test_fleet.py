@@ -346,11 +346,17 @@ def test_the_monitoring_host_scrapes_every_host_over_the_private_network(host):
 
 
 def test_a_paused_standby_makes_the_replication_lag_alert_pending(host):
-    """Replay paused on fleet-db2 and a row written on the primary: the
+    """Replay paused on fleet-db2 and rows written on the primary: the
     exporter's lag passes 30 s and the rule's alert goes pending (it would
-    fire after its 2 minutes); replay resumed, the lag is 0 again."""
+    fire after its 2 minutes). The exporter measures the lag from the last
+    transaction the standby replayed: one is replayed first (a standby that
+    has replayed none since it started reports 0, the exporter's blind spot)."""
     psql = "runuser -u postgres -- psql -X -At -p 9991 -c"
     db2 = node("fleet-db2")
+    assert post_note(host, "replayed before the pause") == "201"
+    deadline = time.time() + 30
+    while time.time() < deadline and not db2.check_output(f"{psql} 'SELECT pg_last_xact_replay_timestamp()'"):
+        time.sleep(1)
     db2.check_output(f"{psql} 'SELECT pg_wal_replay_pause()'")
     try:
         deadline = time.time() + 90

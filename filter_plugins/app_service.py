@@ -1,5 +1,5 @@
 """Filters for the app_service role: blue/green slot choice, release
-pruning/rollback planning, EnvironmentFile rendering and reading schema
+pruning/rollback planning and reading schema
 revisions from a migration tool's output.
 
 The FilterModule at the bottom is a thin map from filter names to the plain
@@ -18,9 +18,6 @@ try:
 except ImportError:  # pragma: no cover - only without ansible installed
     class AnsibleFilterError(Exception):  # type: ignore[no-redef]
         """Stand-in when ansible is not importable."""
-
-
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _port_list(ports: Any, var: str) -> list[int]:
@@ -119,37 +116,6 @@ def release_plan(releases: Any, markers: Any = None, current: Any = "", keep: An
     return {"prune": prune, "previous": previous, "order": newest_first, "failed": sorted(failed_ids)}
 
 
-def env_file(env: Any, var: str = "app_service_environment") -> str:
-    """Render a systemd EnvironmentFile body from a mapping, one KEY="value" a line.
-
-    Names must be shell-style identifiers; values are double-quoted with
-    backslash, double quote, dollar and backquote escaped; newlines are refused (systemd
-    would read them as the next assignment).
-    """
-    if env is None:
-        return ""
-    if not isinstance(env, Mapping):
-        raise AnsibleFilterError(f"{var}: must be a mapping of NAME: value, got {type(env).__name__}")
-    lines = []
-    for key in sorted(env, key=str):
-        name = str(key)
-        if not _ENV_NAME_RE.match(name):
-            raise AnsibleFilterError(f"{var}: {name!r} is not a valid environment variable name")
-        value = env[key]
-        if value is None:
-            value = ""
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        if isinstance(value, (Mapping, list, tuple)):
-            raise AnsibleFilterError(f"{var}.{name}: must be a string or number")
-        text = str(value)
-        if "\n" in text or "\r" in text or "\x00" in text:
-            raise AnsibleFilterError(f"{var}.{name}: must be a single line")
-        escaped = "".join("\\" + c if c in '\\"$`' else c for c in text)
-        lines.append(f'{name}="{escaped}"')
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
 _LOG_LINE_RE = re.compile(r"^(DEBUG|INFO|WARN|WARNING|ERROR|CRITICAL)\b")
 
 
@@ -243,7 +209,6 @@ class FilterModule:
         return {
             "app_service_pick_slots": pick_slots,
             "app_service_release_plan": release_plan,
-            "app_service_env_file": env_file,
             "app_service_revisions": revisions,
             "app_service_exec_line": exec_line,
             "app_service_ip_networks": ip_networks,

@@ -106,26 +106,9 @@ def test_release_without_path_or_id_is_refused():
         flt.release_plan([{"mtime": 1}], [], "")
 
 
-# -------------------------------------------------------------------- env_file
-
-def test_env_file_quotes_and_sorts():
-    body = flt.env_file({"B": 'say "hi" $HOME `x` \\', "A": 3, "C": True, "D": None})
-    assert body.splitlines() == ['A="3"', 'B="say \\"hi\\" \\$HOME \\`x\\` \\\\"', 'C="true"', 'D=""']
-
-
-def test_env_file_empty():
-    assert flt.env_file({}) == "" and flt.env_file(None) == ""
-
-
-@pytest.mark.parametrize("env", [{"1BAD": "x"}, {"A-B": "x"}, {"A": "two\nlines"}, {"A": ["list"]}, ["A=1"]])
-def test_env_file_refuses_bad_input_naming_the_variable(env):
-    with pytest.raises(AnsibleFilterError, match="app_service_environment"):
-        flt.env_file(env)
-
-
 def test_filter_module_maps_names():
     names = flt.FilterModule().filters()
-    assert set(names) == {"app_service_pick_slots", "app_service_release_plan", "app_service_env_file",
+    assert set(names) == {"app_service_pick_slots", "app_service_release_plan",
                           "app_service_revisions", "app_service_exec_line", "app_service_ip_networks"}
 
 

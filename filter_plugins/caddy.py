@@ -1,16 +1,21 @@
 """Filters for the caddy role: the site model behind the Caddyfile.
 
-``caddy_sites_validate`` checks a ``caddy_sites`` list and returns it
-normalised (every default filled in); ``caddy_sites_render`` turns it into the
-site blocks of a Caddyfile; ``caddy_admin_validate`` checks the admin API
-address; ``caddy_listen_check`` catches listener/admin port collisions that
-``caddy validate`` cannot see (it binds no port). Errors raise
+``caddy_sites_validate`` checks what ``meta/argument_specs.yml`` cannot (a
+field against another, a value against its syntax, one site against the
+others) and returns the sites normalised, every default filled in: the
+Caddyfile template (templates/etc/caddy/Caddyfile.j2) turns that model into
+site blocks with its macros. The shape (known keys, types, choices) is left to
+argument_specs, which runs first. ``caddy_check_site`` names the site and CA
+file a health check through Caddy uses; ``caddy_admin_validate`` checks the
+admin API address; ``caddy_listen_check`` catches listener/admin port
+collisions that ``caddy validate`` cannot see (it binds no port). Errors raise
 AnsibleFilterError naming ``caddy_sites[i]`` (and the route) or the variable,
 and the problem. ``caddy_error_lines`` picks Caddy's and systemd's error lines
 out of a journal excerpt for a failed reload or restart.
 
 The FilterModule at the bottom is a thin map from filter names to the plain
-functions above it; tests in tests/unit call the functions directly.
+functions above it; tests in tests/unit call the functions directly and render
+the template.
 """
 
 from __future__ import annotations
@@ -29,39 +34,12 @@ except ImportError:  # pragma: no cover - only without ansible installed
         """Stand-in when ansible is not importable."""
 
 
-SITE_KEYS = ("address", "aliases", "tls", "tls_cert", "tls_key", "encode", "security_headers",
-             "hsts", "headers", "access_log", "routes", "raw")
-ROUTE_KEYS = ("path", "strip_prefix", "basic_auth", "reverse_proxy", "file_server", "redirect", "respond")
 # A bcrypt hash as Caddy's basic_auth takes it ($2a$, $2b$ or $2y$, cost, 53 characters).
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 HANDLERS = ("reverse_proxy", "file_server", "redirect", "respond")
-PROXY_KEYS = ("upstreams", "lb_policy", "lb_try_duration", "lb_try_interval", "health_uri",
-              "health_interval", "health_timeout", "health_status", "fail_duration",
-              "headers_up", "transport_tls")
-FILE_SERVER_KEYS = ("root", "cache_control", "browse", "precompressed")
-REDIRECT_KEYS = ("to", "code")
-RESPOND_KEYS = ("status", "body", "headers")
-TLS_MODES = ("acme", "internal", "files", "off")
-LB_POLICIES = ("random", "round_robin", "least_conn", "first", "ip_hash", "uri_hash",
-               "client_ip_hash")
-REDIRECT_CODES = ("permanent", "temporary", "html", "301", "302", "303", "307", "308")
-
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "tls": "acme",
-    "encode": True,
-    "security_headers": {
-        "X-Content-Type-Options": "nosniff",
-        "X-Frame-Options": "DENY",
-        "Referrer-Policy": "strict-origin-when-cross-origin",
-    },
-    "hsts": "max-age=31536000; includeSubDomains",
-    "access_log": True,
-    "log_dir": "/var/log/caddy",
-    "log_roll_size": "100MiB",
-    "log_roll_keep": 10,
-    "log_roll_keep_for": "720h",
-    "https_port": 443,
-}
+# The reverse_proxy settings, in the order the Caddyfile lists them.
+PROXY_SETTINGS = ("lb_policy", "lb_try_duration", "lb_try_interval", "health_uri", "health_interval",
+                  "health_timeout", "health_status", "fail_duration")
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*\.?$")
@@ -171,14 +149,6 @@ def _str_list(value: Any, where: str, key: str) -> list[str]:
     return []
 
 
-def _check_keys(item: Any, allowed: Sequence[str], where: str) -> None:
-    if not isinstance(item, Mapping):
-        _fail(where, f"must be a mapping, got {type(item).__name__}")
-    unknown = sorted(set(item) - set(allowed))
-    if unknown:
-        _fail(where, f"unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}")
-
-
 def _headers(value: Any, where: str, key: str) -> dict[str, str | None]:
     if value in (None, {}):
         return {}
@@ -243,8 +213,7 @@ def _basic_auth(users: Any, where: str) -> dict[str, str]:
     return out
 
 
-def _route(route: Any, where: str) -> dict[str, Any]:
-    _check_keys(route, ROUTE_KEYS, where)
+def _route(route: Mapping[str, Any], index: int, where: str) -> dict[str, Any]:
     paths = _str_list(route.get("path"), where, "path")
     for path in paths:
         if not _PATH_RE.match(path):
@@ -255,48 +224,18 @@ def _route(route: Any, where: str) -> dict[str, Any]:
                      f"{', '.join(handlers) if handlers else 'none'}")
     kind = handlers[0]
     spec = route[kind]
-    strip_prefix = bool(route.get("strip_prefix", False))
     prefix = ""
-    if strip_prefix:
+    if route.get("strip_prefix", False):
         if len(paths) != 1 or not paths[0].endswith("/*") or len(paths[0]) < 3:
             _fail(where, "'strip_prefix' needs exactly one path of the form /prefix/*")
         prefix = paths[0][:-2]
-    norm: dict[str, Any] = {"paths": paths, "strip_prefix": prefix, "kind": kind,
+    # Several paths need a named matcher (declared in the site, used by the handle).
+    matcher = f"@route{index}" if len(paths) > 1 else "".join(paths)
+    norm: dict[str, Any] = {"paths": paths, "matcher": matcher, "strip_prefix": prefix, "kind": kind,
                             "basic_auth": _basic_auth(route.get("basic_auth"), where)}
     if kind == "reverse_proxy":
-        _check_keys(spec, PROXY_KEYS, f"{where}.reverse_proxy")
-        upstreams = _str_list(spec.get("upstreams"), where, "reverse_proxy.upstreams")
-        if not upstreams:
-            _fail(where, "reverse_proxy needs at least one upstream in 'upstreams'")
-        policy = spec.get("lb_policy") or ("round_robin" if len(upstreams) > 1 else None)
-        if policy is not None and policy not in LB_POLICIES:
-            _fail(where, f"'lb_policy' {policy!r} is not one of {', '.join(LB_POLICIES)}")
-        health_uri = spec.get("health_uri")
-        if health_uri not in (None, "") and not _PATH_RE.match(str(health_uri).split("?")[0]):
-            _fail(where, f"'health_uri' {health_uri!r} must be a path starting with /")
-        health_status = spec.get("health_status")
-        if health_status not in (None, "") and not re.fullmatch(r"[1-5](xx|\d\d)", str(health_status)):
-            _fail(where, f"'health_status' {health_status!r} must be like 200 or 2xx")
-        norm["proxy"] = {
-            "upstreams": [_upstream(u, where) for u in upstreams],
-            "lb_policy": policy,
-            "lb_try_duration": _duration(spec.get("lb_try_duration"), where, "lb_try_duration"),
-            "lb_try_interval": _duration(spec.get("lb_try_interval"), where, "lb_try_interval"),
-            "health_uri": health_uri or None,
-            "health_interval": _duration(spec.get("health_interval"), where, "health_interval"),
-            "health_timeout": _duration(spec.get("health_timeout"), where, "health_timeout"),
-            "health_status": str(health_status) if health_status not in (None, "") else None,
-            "fail_duration": _duration(spec.get("fail_duration"), where, "fail_duration"),
-            "headers_up": _headers(spec.get("headers_up"), where, "headers_up"),
-            "transport_tls": bool(spec.get("transport_tls", False)),
-        }
-        if norm["proxy"]["lb_try_interval"] and not norm["proxy"]["lb_try_duration"]:
-            _fail(where, "'lb_try_interval' has no effect without 'lb_try_duration'")
-        health_opts = ("health_interval", "health_timeout", "health_status")
-        if not norm["proxy"]["health_uri"] and any(norm["proxy"][k] for k in health_opts):
-            _fail(where, "health_interval/health_timeout/health_status need 'health_uri'")
+        norm["proxy"] = _proxy(spec, where)
     elif kind == "file_server":
-        _check_keys(spec, FILE_SERVER_KEYS, f"{where}.file_server")
         root = spec.get("root")
         if not isinstance(root, str) or not root.startswith("/"):
             _fail(where, f"file_server 'root' must be an absolute path, got {root!r}")
@@ -309,7 +248,6 @@ def _route(route: Any, where: str) -> dict[str, Any]:
         }
         caddy_quote(norm["files"]["root"])
     elif kind == "respond":
-        _check_keys(spec, RESPOND_KEYS, f"{where}.respond")
         status = spec.get("status", 200)
         if not re.fullmatch(r"[1-5]\d\d", str(status)):
             _fail(where, f"respond 'status' {status!r} must be an HTTP status code like 503")
@@ -318,19 +256,45 @@ def _route(route: Any, where: str) -> dict[str, Any]:
             _fail(where, "respond 'body' must be a single-line string")
         norm["respond"] = {"status": int(status), "body": body,
                            "headers": _headers(spec.get("headers"), where, "respond.headers")}
-        if body:
-            caddy_quote(body)
     else:
-        _check_keys(spec, REDIRECT_KEYS, f"{where}.redirect")
         target = spec.get("to")
         if not isinstance(target, str) or not target.strip():
             _fail(where, "redirect needs 'to' (a URL or path; placeholders like {uri} allowed)")
-        code = str(spec.get("code", "permanent"))
-        if code not in REDIRECT_CODES:
-            _fail(where, f"redirect 'code' {code!r} is not one of {', '.join(REDIRECT_CODES)}")
         caddy_quote(target)
-        norm["redirect"] = {"to": target.strip(), "code": code}
+        norm["redirect"] = {"to": target.strip(), "code": str(spec.get("code", "permanent"))}
     return norm
+
+
+def _proxy(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
+    upstreams = _str_list(spec.get("upstreams"), where, "reverse_proxy.upstreams")
+    if not upstreams:
+        _fail(where, "reverse_proxy needs at least one upstream in 'upstreams'")
+    health_uri = spec.get("health_uri")
+    if health_uri not in (None, "") and not _PATH_RE.match(str(health_uri).split("?")[0]):
+        _fail(where, f"'health_uri' {health_uri!r} must be a path starting with /")
+    health_status = spec.get("health_status")
+    if health_status not in (None, "") and not re.fullmatch(r"[1-5](xx|\d\d)", str(health_status)):
+        _fail(where, f"'health_status' {health_status!r} must be like 200 or 2xx")
+    settings = {
+        "lb_policy": spec.get("lb_policy") or ("round_robin" if len(upstreams) > 1 else None),
+        "lb_try_duration": _duration(spec.get("lb_try_duration"), where, "lb_try_duration"),
+        "lb_try_interval": _duration(spec.get("lb_try_interval"), where, "lb_try_interval"),
+        "health_uri": health_uri or None,
+        "health_interval": _duration(spec.get("health_interval"), where, "health_interval"),
+        "health_timeout": _duration(spec.get("health_timeout"), where, "health_timeout"),
+        "health_status": str(health_status) if health_status not in (None, "") else None,
+        "fail_duration": _duration(spec.get("fail_duration"), where, "fail_duration"),
+    }
+    if settings["lb_try_interval"] and not settings["lb_try_duration"]:
+        _fail(where, "'lb_try_interval' has no effect without 'lb_try_duration'")
+    if not settings["health_uri"] and any(settings[k] for k in ("health_interval", "health_timeout", "health_status")):
+        _fail(where, "health_interval/health_timeout/health_status need 'health_uri'")
+    return {
+        "upstreams": [_upstream(u, where) for u in upstreams],
+        "settings": {key: settings[key] for key in PROXY_SETTINGS},
+        "headers_up": _headers(spec.get("headers_up"), where, "headers_up"),
+        "transport_tls": bool(spec.get("transport_tls", False)),
+    }
 
 
 def _shadowed(earlier: list[str], later: list[str]) -> bool:
@@ -360,66 +324,69 @@ def _site_label(addr: dict[str, Any], tls: str) -> str:
     return scheme + text
 
 
-def caddy_sites_validate(sites: Any, options: Mapping[str, Any] | None = None,
-                         var: str = "caddy_sites") -> list[dict[str, Any]]:
-    """Validate ``caddy_sites`` and return it normalised.
+def _tls(site: Mapping[str, Any], addresses: list[dict[str, Any]], default: str, where: str) -> str:
+    """The site's TLS mode, checked against its addresses and certificate files."""
+    first = addresses[0]
+    tls = site.get("tls")
+    if tls is False:  # YAML 1.1 reads an unquoted off as false
+        tls = "off"
+    tls = tls or ("off" if first["scheme"] == "http" or not first["host"] else default)
+    if tls != "off" and any(a["scheme"] == "http" for a in addresses):
+        _fail(where, f"an http:// address cannot use tls '{tls}'; set tls: off")
+    if tls != "off" and any(not a["host"] for a in addresses):
+        _fail(where, f"tls '{tls}' needs a host name in the address (a bare :port serves plain HTTP)")
+    if tls == "off" and any(a["scheme"] == "https" for a in addresses):
+        _fail(where, "an https:// address cannot use tls off")
+    if tls == "files":
+        for key in ("tls_cert", "tls_key"):
+            val = site.get(key)
+            if not isinstance(val, str) or not val.startswith("/"):
+                _fail(where, f"tls 'files' needs '{key}' as an absolute path")
+    elif site.get("tls_cert") or site.get("tls_key"):
+        _fail(where, "'tls_cert'/'tls_key' are only used with tls: files")
+    return tls
 
-    Each site is a mapping: ``address`` (``example.com``, ``example.com:8443``,
-    ``http://example.com``, ``:8080``), optional ``aliases``, ``tls`` (acme,
-    internal, files with ``tls_cert``/``tls_key``, off), ``encode``,
-    ``security_headers``, ``hsts``, ``headers``, ``access_log``, ordered
-    ``routes`` (an optional ``path`` matcher and exactly one handler:
-    ``reverse_proxy``, ``file_server`` or ``redirect``) and ``raw`` lines.
-    ``options`` carries the role-wide defaults (see DEFAULT_OPTIONS).
+
+def _redirects(labels: list[str], https_port: int) -> list[dict[str, Any]]:
+    """The site's HTTP->HTTPS redirects, one per HTTPS port: a site on
+    example.com:8443 redirects to :8443 (the template writes them out, since
+    Caddy's automatic ones send a Server header)."""
+    by_port: dict[int, list[str]] = {}
+    for label in labels:
+        match = re.match(r"^(?:https://)?(\[[^\]]+\]|[^:]+)(?::(\d+))?$", label)
+        host, port = match.group(1), int(match.group(2) or https_port)
+        by_port.setdefault(port, []).append(f"http://{host}")
+    return [{"labels": hosts, "port": "" if port == 443 else f":{port}"} for port, hosts in by_port.items()]
+
+
+def caddy_sites_validate(sites: Any, options: Mapping[str, Any],
+                         var: str = "caddy_sites") -> list[dict[str, Any]]:
+    """Check ``caddy_sites`` and return it normalised for the Caddyfile template.
+
+    Each site is a mapping (its shape is in meta/argument_specs.yml):
+    ``address`` (``example.com``, ``example.com:8443``, ``http://example.com``,
+    ``:8080``), optional ``aliases``, ``tls``, ``encode``, ``security_headers``,
+    ``hsts``, ``headers``, ``access_log``, ordered ``routes`` (an optional
+    ``path`` matcher and exactly one handler) and ``raw`` lines. ``options``
+    carries the role-wide defaults (``__caddy_site_options`` in vars/main.yml).
     """
-    opts = {**DEFAULT_OPTIONS, **(options or {})}
-    if sites is None:
-        return []
-    if isinstance(sites, (str, Mapping)) or not isinstance(sites, Sequence):
-        _fail(var, f"must be a list of sites, got {type(sites).__name__}")
     result: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for index, site in enumerate(sites):
+    for index, site in enumerate(sites or []):
         where = f"{var}[{index}]"
-        _check_keys(site, SITE_KEYS, where)
-        if "address" not in site:
-            _fail(where, "'address' is required (e.g. 'example.com' or ':8080')")
-        addresses = [_address(site["address"], where)]
+        addresses = [_address(site.get("address"), where)]
         addresses += [_address(a, where, "'aliases' entry") for a in _str_list(site.get("aliases"), where, "aliases")]
-        first = addresses[0]
-        tls_default = "off" if first["scheme"] == "http" or not first["host"] else opts["tls"]
-        tls = site.get("tls")
-        if tls is False:  # YAML 1.1 reads an unquoted off as false
-            tls = "off"
-        tls = tls or tls_default
-        if tls not in TLS_MODES:
-            _fail(where, f"'tls' {tls!r} is not one of {', '.join(TLS_MODES)}")
-        if tls != "off" and any(a["scheme"] == "http" for a in addresses):
-            _fail(where, f"an http:// address cannot use tls '{tls}'; set tls: off")
-        if tls in ("acme", "internal", "files") and any(not a["host"] for a in addresses):
-            _fail(where, f"tls '{tls}' needs a host name in the address (a bare :port serves plain HTTP)")
-        if tls == "off" and any(a["scheme"] == "https" for a in addresses):
-            _fail(where, "an https:// address cannot use tls off")
-        if tls == "files":
-            for key in ("tls_cert", "tls_key"):
-                val = site.get(key)
-                if not isinstance(val, str) or not val.startswith("/"):
-                    _fail(where, f"tls 'files' needs '{key}' as an absolute path")
-        elif site.get("tls_cert") or site.get("tls_key"):
-            _fail(where, "'tls_cert'/'tls_key' are only used with tls: files")
+        tls = _tls(site, addresses, options["tls"], where)
         labels = [_site_label(a, tls) for a in addresses]
         for label in labels:
             key = label.removeprefix("http://")
             if key in seen:
                 _fail(where, f"address {label!r} is already used by {var}[{seen[key]}]")
             seen[key] = index
-        routes_in = site.get("routes") or []
-        if isinstance(routes_in, (str, Mapping)) or not isinstance(routes_in, Sequence):
-            _fail(where, "'routes' must be a list")
         raw = _str_list(site.get("raw"), where, "raw")
-        if not routes_in and not raw:
+        if not site.get("routes") and not raw:
             _fail(where, "needs at least one route (or raw lines)")
-        routes = [_route(r, f"{where}.routes[{i}]") for i, r in enumerate(routes_in)]
+        routes = [_route(r, i, f"{where}.routes[{i}]") for i, r in enumerate(site.get("routes") or [])]
         for i, route in enumerate(routes):
             for j in range(i):
                 if _shadowed(routes[j]["paths"], route["paths"]):
@@ -431,27 +398,27 @@ def caddy_sites_validate(sites: Any, options: Mapping[str, Any] | None = None,
             _fail(where, "'security_headers' must be true or false")
         headers: dict[str, str | None] = {"Server": None}
         if sec:
-            headers.update(_headers(opts["security_headers"], where, "caddy_security_headers"))
-            hsts = site.get("hsts", opts["hsts"])
+            headers.update(_headers(options["security_headers"], where, "caddy_security_headers"))
+            hsts = site.get("hsts", options["hsts"])
             if hsts is True:
-                hsts = opts["hsts"]
+                hsts = options["hsts"]
             if tls != "off" and hsts not in (None, False, ""):
                 headers["Strict-Transport-Security"] = str(hsts)
         headers.update(_headers(site.get("headers"), where, "headers"))
-        for line in raw:
-            if "\r" in line:
-                _fail(where, "'raw' lines must not contain carriage returns")
+        if any("\r" in line for line in raw):
+            _fail(where, "'raw' lines must not contain carriage returns")
         result.append({
             "labels": labels,
             "tls": tls,
             "tls_cert": site.get("tls_cert"),
             "tls_key": site.get("tls_key"),
-            "encode": bool(site.get("encode", opts["encode"])),
+            "encode": bool(site.get("encode", options["encode"])),
             "headers": headers,
-            "access_log": bool(site.get("access_log", opts["access_log"])),
-            "log_file": f"{opts['log_dir'].rstrip('/')}/access-{_log_name(labels[0])}.log",
+            "access_log": bool(site.get("access_log", options["access_log"])),
+            "log_file": f"{options['log_dir'].rstrip('/')}/access-{_log_name(labels[0])}.log",
             "routes": routes,
-            "raw": raw,
+            "raw": [line.rstrip() for chunk in raw for line in chunk.splitlines()],
+            "redirects": _redirects(labels, int(options["https_port"])) if tls != "off" else [],
         })
     return result
 
@@ -461,129 +428,21 @@ def _log_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_") or "site"
 
 
-def _block(lines: list[str], name: str, body: list[str]) -> None:
-    lines.append(f"{name} {{")
-    lines.extend("\t" + b for b in body)
-    lines.append("}")
-
-
-def _render_route(route: dict[str, Any], index: int, matchers: list[str]) -> list[str]:
-    """Render one route as a handle block; several paths need a named matcher."""
-    matcher = route["paths"]
-    if len(matcher) > 1:
-        matchers.append(f"@route{index} path " + " ".join(matcher))
-        matcher = [f"@route{index}"]
-    body: list[str] = []
-    if route["basic_auth"]:
-        # `basicauth` and base64-encoded hashes: what Caddy 2.6 (Debian 12 and 13) parses; later
-        # releases still accept both (basic_auth and a plain $2b$ hash are 2.8+ only).
-        _block(body, "basicauth", [f"{user} {base64.b64encode(hashed.encode()).decode()}"
-                                   for user, hashed in sorted(route["basic_auth"].items())])
-    if route["strip_prefix"]:
-        body.append(f"uri strip_prefix {caddy_quote(route['strip_prefix'])}")
-    if route["kind"] == "reverse_proxy":
-        proxy = route["proxy"]
-        sub: list[str] = []
-        for key in ("lb_policy", "lb_try_duration", "lb_try_interval", "health_uri",
-                    "health_interval", "health_timeout", "health_status", "fail_duration"):
-            if proxy[key]:
-                sub.append(f"{key} {caddy_quote(proxy[key])}")
-        for name, val in proxy["headers_up"].items():
-            sub.append(f"header_up -{name}" if val is None else f"header_up {name} {caddy_quote(val)}")
-        if proxy["transport_tls"]:
-            sub.append("transport http {")
-            sub.append("\ttls")
-            sub.append("}")
-        head = "reverse_proxy " + " ".join(caddy_quote(u) for u in proxy["upstreams"])
-        if sub:
-            _block(body, head, sub)
-        else:
-            body.append(head)
-    elif route["kind"] == "file_server":
-        files = route["files"]
-        if files["cache_control"]:
-            body.append(f"header Cache-Control {caddy_quote(files['cache_control'])}")
-        body.append(f"root * {caddy_quote(files['root'])}")
-        flags = [f for f in ("browse", "precompressed") if files[f]]
-        body.append(" ".join(["file_server", *flags]))
-    elif route["kind"] == "respond":
-        respond = route["respond"]
-        for name, val in respond["headers"].items():
-            body.append(f"header -{name}" if val is None else f"header {name} {caddy_quote(val)}")
-        text = f" {caddy_quote(respond['body'])}" if respond["body"] else ""
-        body.append(f"respond *{text} {respond['status']}")
-    else:
-        redirect = route["redirect"]
-        body.append(f"redir * {caddy_quote(redirect['to'])} {redirect['code']}")
-    lines: list[str] = []
-    _block(lines, " ".join(["handle", *matcher]), body)
-    return lines
-
-
-def _http_redirect(site: dict[str, Any], https_port: int) -> list[str]:
-    """Explicit HTTP->HTTPS redirect blocks (Caddy's automatic ones send a Server header).
-
-    One block per HTTPS port: a site on example.com:8443 redirects to :8443.
-    """
-    by_port: dict[int, list[str]] = {}
-    for label in site["labels"]:
-        match = re.match(r"^(?:https://)?(\[[^\]]+\]|[^:]+)(?::(\d+))?$", label)
-        host, port = match.group(1), int(match.group(2) or https_port)
-        by_port.setdefault(port, []).append(f"http://{host}")
-    lines: list[str] = []
-    for port, labels in by_port.items():
-        suffix = "" if port == 443 else f":{port}"
-        if lines:
-            lines.append("")
-        _block(lines, ", ".join(labels), ["header -Server", f"redir https://{{host}}{suffix}{{uri}} permanent"])
-    return lines
-
-
-def caddy_sites_render(sites: Any, options: Mapping[str, Any] | None = None,
-                       var: str = "caddy_sites") -> str:
-    """Render the site blocks of a Caddyfile from ``caddy_sites`` (validated first).
-
-    Routes go into one ``route`` block, so they match in the order given and
-    the first match answers.
-    """
-    opts = {**DEFAULT_OPTIONS, **(options or {})}
-    out: list[str] = []
-    for site in caddy_sites_validate(sites, opts, var):
-        body: list[str] = []
-        if site["tls"] == "internal":
-            body.append("tls internal")
-        elif site["tls"] == "files":
-            body.append(f"tls {caddy_quote(site['tls_cert'])} {caddy_quote(site['tls_key'])}")
-        if site["encode"]:
-            body.append("encode zstd gzip")
-        header_lines = [f"-{name}" if val is None else f"{name} {caddy_quote(val)}"
-                        for name, val in site["headers"].items()]
-        _block(body, "header", header_lines)
-        if site["access_log"]:
-            log_body: list[str] = []
-            _block(log_body, f"output file {caddy_quote(site['log_file'])}", [
-                f"roll_size {caddy_quote(opts['log_roll_size'])}",
-                f"roll_keep {int(opts['log_roll_keep'])}",
-                f"roll_keep_for {caddy_quote(opts['log_roll_keep_for'])}",
-            ])
-            log_body.append("format json")
-            _block(body, "log", log_body)
-        if site["routes"]:
-            route_body: list[str] = []
-            matchers: list[str] = []
-            for index, route in enumerate(site["routes"]):
-                route_body.extend(_render_route(route, index, matchers))
-            body.extend(matchers)
-            _block(body, "route", route_body)
-        for chunk in site["raw"]:
-            body.extend(line.rstrip() for line in chunk.splitlines())
-        if out:
-            out.append("")
-        _block(out, ", ".join(site["labels"]), body)
-        if site["tls"] != "off":
-            out.append("")
-            out.extend(_http_redirect(site, int(opts["https_port"])))
-    return "\n".join(out) + ("\n" if out else "")
+def caddy_check_site(sites: Any, https_port: Any, internal_ca_file: str) -> dict[str, str]:
+    """What a health check through Caddy on the web host needs: the first
+    site's ``url`` (no path), the ``host`` and ``port`` to pin to 127.0.0.1
+    (curl --resolve) and the ``ca_file`` to trust (Caddy's internal CA for tls
+    internal, "" otherwise). ``sites`` is the normalised list; {} when empty."""
+    if not sites:
+        return {}
+    site = sites[0]
+    label = site["labels"][0].removeprefix("http://")
+    host, _, port = label.rpartition(":") if re.search(r":\d+$", label) else (label, "", "")
+    scheme = "http" if site["tls"] == "off" else "https"
+    port = port or (str(int(https_port)) if scheme == "https" else "80")
+    host = host or "localhost"
+    return {"url": f"{scheme}://{host}:{port}", "host": host, "port": port,
+            "ca_file": internal_ca_file if site["tls"] == "internal" else ""}
 
 
 def caddy_admin_validate(address: Any, var: str = "caddy_admin") -> str:
@@ -633,7 +492,7 @@ def caddy_listen_check(sites: Any, http_port: Any = 80, https_port: Any = 443,
                        var: str = "caddy_sites") -> list[int]:
     """Return the TCP ports Caddy listens on, refusing collisions with the admin API.
 
-    The listeners are ``http_port``, ``https_port`` and every explicit port in
+    ``sites`` is the normalised list (``caddy_sites_validate``). The listeners are ``http_port``, ``https_port`` and every explicit port in
     the site addresses. A loopback admin address (``localhost:2019``) on one of
     those ports would only fail when Caddy binds it (at reload or start, never
     in ``caddy validate``), so it is refused here, naming both variables.
@@ -643,7 +502,7 @@ def caddy_listen_check(sites: Any, http_port: Any = 80, https_port: Any = 443,
         if isinstance(port, bool) or not str(port).strip().isdigit() or not 1 <= int(port) <= 65535:
             _fail(name, f"{port!r} is not a port between 1 and 65535")
         ports.setdefault(int(port), name)
-    for index, site in enumerate(caddy_sites_validate(sites, var=var)):
+    for index, site in enumerate(sites):
         for label in site["labels"]:
             _, _, tail = label.removeprefix("http://").rpartition(":")
             if tail.isdigit():
@@ -731,7 +590,7 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "caddy_sites_validate": caddy_sites_validate,
-            "caddy_sites_render": caddy_sites_render,
+            "caddy_check_site": caddy_check_site,
             "caddy_admin_validate": caddy_admin_validate,
             "caddy_metrics_listen_validate": caddy_metrics_listen_validate,
             "caddy_quote": caddy_quote,

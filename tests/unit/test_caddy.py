@@ -1,10 +1,12 @@
-"""Unit tests for filter_plugins/caddy.py: the caddy_sites model and its rendering."""
+"""Unit tests for filter_plugins/caddy.py (the caddy_sites model) and for the
+Caddyfile template that writes it out (rendered as the template module does)."""
 
 from __future__ import annotations
 
 import base64
 import copy
 import os
+import re
 import sys
 
 import pytest
@@ -13,9 +15,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_p
 
 import caddy  # noqa: E402  (filter_plugins is not a package)
 from caddy import (  # noqa: E402
-    AnsibleFilterError, caddy_admin_validate, caddy_changed_files, caddy_error_lines, caddy_listen_check,
-    caddy_quote, caddy_sites_render, caddy_sites_validate,
+    AnsibleFilterError, caddy_admin_validate, caddy_changed_files, caddy_check_site, caddy_error_lines,
+    caddy_listen_check, caddy_quote,
 )
+from caddyfile import site_options, sites_text, spec_errors  # noqa: E402
+
+
+def caddy_sites_validate(sites, var="caddy_sites", **role_vars):
+    """The filter with the role's defaults (vars/main.yml's __caddy_site_options)."""
+    return caddy.caddy_sites_validate(sites, site_options(**role_vars), var)
 
 PROXY_SITE = {
     "address": "api.example.com",
@@ -55,7 +63,7 @@ def route_site(route):
 # ---------------------------------------------------------------- good input
 
 def test_layout_api_with_static_files():
-    text = caddy_sites_render([PROXY_SITE])
+    text = sites_text([PROXY_SITE])
     assert text.startswith("api.example.com {\n")
     assert "\thandle /static/* {\n" in text
     assert '\t\t\theader Cache-Control "public, max-age=31536000, immutable"\n' in text
@@ -67,13 +75,13 @@ def test_layout_api_with_static_files():
 
 
 def test_layout_api_and_frontend_split():
-    text = caddy_sites_render([SPLIT_SITE])
+    text = sites_text([SPLIT_SITE])
     assert "handle /api/* {\n\t\t\treverse_proxy 127.0.0.1:9999\n" in text
     assert "handle {\n\t\t\treverse_proxy 127.0.0.1:3000\n" in text
 
 
 def test_blue_green_health_and_retries():
-    text = caddy_sites_render([BLUE_GREEN])
+    text = sites_text([BLUE_GREEN])
     assert "reverse_proxy 127.0.0.1:8001 127.0.0.1:8002 {\n" in text
     for line in ("lb_policy round_robin", "lb_try_duration 5s", "lb_try_interval 250ms",
                  "health_uri /health", "health_interval 2s"):
@@ -81,7 +89,7 @@ def test_blue_green_health_and_retries():
 
 
 def test_security_headers_hsts_and_no_server_header_by_default():
-    text = caddy_sites_render([PROXY_SITE])
+    text = sites_text([PROXY_SITE])
     for line in ("-Server", "X-Content-Type-Options nosniff", "X-Frame-Options DENY",
                  "Referrer-Policy strict-origin-when-cross-origin",
                  'Strict-Transport-Security "max-age=31536000; includeSubDomains"'):
@@ -101,16 +109,16 @@ def test_no_hsts_without_tls_and_plain_http_address():
 
 
 def test_http_to_https_redirect_blocks():
-    text = caddy_sites_render([site(aliases=["www.example.com:8443"])], {"https_port": 443})
+    text = sites_text([site(aliases=["www.example.com:8443"])], caddy_https_port=443)
     assert "\nhttp://api.example.com {\n\theader -Server\n\tredir https://{host}{uri} permanent\n}\n" in text
     assert "\nhttp://www.example.com {\n\theader -Server\n\tredir https://{host}:8443{uri} permanent\n}\n" in text
-    text = caddy_sites_render([site()], {"https_port": 8443})
+    text = sites_text([site()], caddy_https_port=8443)
     assert "\tredir https://{host}:8443{uri} permanent\n" in text
-    assert "http://" not in caddy_sites_render([site(tls="off")]).replace("http://api.example.com {", "")
+    assert "http://" not in sites_text([site(tls="off")]).replace("http://api.example.com {", "")
 
 
 def test_overrides_per_site():
-    text = caddy_sites_render([site(encode=False, security_headers=False, access_log=False,
+    text = sites_text([site(encode=False, security_headers=False, access_log=False,
                                     headers={"X-Frame-Options": "SAMEORIGIN", "X-Powered-By": None})])
     assert "encode" not in text
     assert "nosniff" not in text and "Strict-Transport-Security" not in text
@@ -120,17 +128,17 @@ def test_overrides_per_site():
 
 
 def test_tls_modes():
-    assert "\ttls internal\n" in caddy_sites_render([site(tls="internal")])
-    text = caddy_sites_render([site(tls="files", tls_cert="/etc/ssl/a.pem", tls_key="/etc/ssl/a.key")])
+    assert "\ttls internal\n" in sites_text([site(tls="internal")])
+    text = sites_text([site(tls="files", tls_cert="/etc/ssl/a.pem", tls_key="/etc/ssl/a.key")])
     assert "\ttls /etc/ssl/a.pem /etc/ssl/a.key\n" in text
-    assert "\ttls" not in caddy_sites_render([site(tls="acme")])
-    [norm] = caddy_sites_validate([site()], {"tls": "internal"})
+    assert "\ttls" not in sites_text([site(tls="acme")])
+    [norm] = caddy_sites_validate([site()], caddy_tls_default="internal")
     assert norm["tls"] == "internal"
 
 
 def test_access_log_with_rotation():
-    text = caddy_sites_render([site(aliases=["*.example.org"])],
-                              {"log_dir": "/var/log/web/", "log_roll_keep": 5})
+    text = sites_text([site(aliases=["*.example.org"])],
+                      caddy_log_dir="/var/log/web/", caddy_access_log_roll_keep=5)
     assert "\t\toutput file /var/log/web/access-api.example.com.log {\n" in text
     assert "\t\t\troll_size 100MiB\n\t\t\troll_keep 5\n\t\t\troll_keep_for 720h\n" in text
     assert text.startswith("api.example.com, *.example.org {\n")
@@ -140,7 +148,7 @@ BCRYPT = "$2b$12$3qGgqVu7e80UNUGtXwqnJuFMpI1bhvaN45ZeoTutrXt.4vRkZM5Au"
 
 
 def test_basic_auth_guards_a_route_and_refuses_a_plain_password():
-    text = caddy_sites_render([{"address": "example.com", "routes": [
+    text = sites_text([{"address": "example.com", "routes": [
         {"path": "/status/*", "strip_prefix": True, "basic_auth": {"ops": BCRYPT},
          "file_server": {"root": "/var/lib/stack-status"}},
         {"reverse_proxy": {"upstreams": ["127.0.0.1:8001"]}},
@@ -151,19 +159,19 @@ def test_basic_auth_guards_a_route_and_refuses_a_plain_password():
     assert block.index("basicauth") < block.index("file_server")
     assert "basicauth" not in text.split("handle /status/* {")[0]
     # `caddy hash-password` on Caddy 2.6 prints the hash base64-encoded: taken as the same hash.
-    again = caddy_sites_render([{"address": "example.com", "routes": [
+    again = sites_text([{"address": "example.com", "routes": [
         {"path": "/status/*", "strip_prefix": True, "basic_auth": {"ops": encoded},
          "file_server": {"root": "/var/lib/stack-status"}},
         {"reverse_proxy": {"upstreams": ["127.0.0.1:8001"]}},
     ]}])
     assert again == text
     with pytest.raises(AnsibleFilterError, match="must be a bcrypt hash"):
-        caddy_sites_render([{"address": "example.com", "routes": [
+        sites_text([{"address": "example.com", "routes": [
             {"path": "/s/*", "basic_auth": {"ops": "hunter2"}, "file_server": {"root": "/srv"}}]}])
 
 
 def test_redirect_strip_prefix_and_several_paths():
-    text = caddy_sites_render([{"address": "example.com", "routes": [
+    text = sites_text([{"address": "example.com", "routes": [
         {"path": ["/old", "/older/*"], "redirect": {"to": "https://example.com/new{uri}", "code": "302"}},
         {"path": "/assets/*", "strip_prefix": True, "file_server": {"root": "/srv/assets", "browse": True}},
         {"reverse_proxy": {"upstreams": ["unix//run/app.sock", "https://[::1]:8443"], "transport_tls": True,
@@ -179,7 +187,7 @@ def test_redirect_strip_prefix_and_several_paths():
 
 
 def test_raw_escape_hatch_and_quoting():
-    text = caddy_sites_render([site(raw=["respond /ping 200", "basicauth /admin/* {\n\tbob hash\n}"])])
+    text = sites_text([site(raw=["respond /ping 200", "basicauth /admin/* {\n\tbob hash\n}"])])
     assert "\trespond /ping 200\n\tbasicauth /admin/* {\n\t\tbob hash\n\t}\n}" in text
     assert caddy_quote("plain") == "plain"
     assert caddy_quote('a "b"') == '"a \\"b\\""'
@@ -190,11 +198,11 @@ def test_raw_escape_hatch_and_quoting():
 
 def test_empty_and_normalised():
     assert caddy_sites_validate(None) == []
-    assert caddy_sites_render([]) == ""
+    assert sites_text([]) == ""
     [norm] = caddy_sites_validate([BLUE_GREEN])
-    assert norm["routes"][0]["proxy"]["lb_policy"] == "round_robin"
+    assert norm["routes"][0]["proxy"]["settings"]["lb_policy"] == "round_robin"
     [norm] = caddy_sites_validate([SPLIT_SITE])
-    assert norm["routes"][0]["proxy"]["lb_policy"] is None
+    assert norm["routes"][0]["proxy"]["settings"]["lb_policy"] is None
 
 
 def test_admin_addresses():
@@ -209,14 +217,12 @@ def test_admin_addresses():
 
 def test_filter_map():
     names = set(caddy.FilterModule().filters())
-    assert {"caddy_sites_validate", "caddy_sites_render", "caddy_admin_validate", "caddy_quote"} <= names
+    assert {"caddy_sites_validate", "caddy_check_site", "caddy_admin_validate", "caddy_quote"} <= names
 
 
 # ----------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize(("sites", "message"), [
-    ("api.example.com", r"^caddy_sites: must be a list"),
-    ([{"routes": []}], r"^caddy_sites\[0\]: 'address' is required"),
     ([site(address="exa mple.com")], r"^caddy_sites\[0\]: 'address' .* not a site address"),
     ([site(address="example.com/api")], r"^caddy_sites\[0\]: 'address' .* not a site address"),
     ([site(address="bad_host!.com")], r"^caddy_sites\[0\]: 'address' .* bad host name"),
@@ -225,14 +231,11 @@ def test_filter_map():
     ([site(address=":0")], r"bad port 0"),
     ([site(address="https://")], r"needs a host name or a :port"),
     ([PROXY_SITE, site(address="API.example.com")], r"^caddy_sites\[1\]: address 'api.example.com' is already used by caddy_sites\[0\]"),
-    ([site(colour="blue")], r"^caddy_sites\[0\]: unknown key\(s\) colour"),
-    ([site(tls="letsencrypt")], r"^caddy_sites\[0\]: 'tls' 'letsencrypt' is not one of"),
     ([site(tls="files")], r"tls 'files' needs 'tls_cert'"),
     ([site(tls_cert="/a.pem")], r"only used with tls: files"),
     ([site(address="http://example.com", tls="internal")], r"http:// address cannot use tls"),
     ([site(address=":8443", tls="internal")], r"needs a host name in the address"),
     ([site(routes=[])], r"^caddy_sites\[0\]: needs at least one route"),
-    ([site(routes={"path": "/"})], r"'routes' must be a list"),
     ([site(security_headers="yes")], r"'security_headers' must be true or false"),
     ([site(headers={"Bad Header": "x"})], r"bad header name"),
     ([site(headers={"X-A": "two\nlines"})], r"single line"),
@@ -253,23 +256,45 @@ def test_bad_sites(sites, message):
     ({"reverse_proxy": {"upstreams": ["127.0.0.1:70000"]}}, r"bad port 70000"),
     ({"reverse_proxy": {"upstreams": ["127.0.0.1:99a"]}}, r"bad port '99a'"),
     ({"reverse_proxy": {"upstreams": ["[::1:80"]}}, r"unclosed IPv6 bracket"),
-    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "lb_policy": "fastest"}}, r"'lb_policy' 'fastest'"),
     ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "lb_try_duration": "5 seconds"}}, r"not a duration"),
     ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "lb_try_interval": "1s"}}, r"no effect without"),
     ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "health_interval": "1s"}}, r"need 'health_uri'"),
     ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "health_uri": "health"}}, r"must be a path"),
     ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "health_uri": "/h", "health_status": "ok"}},
      r"'health_status'"),
-    ({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "retries": 3}}, r"unknown key\(s\) retries"),
     ({"file_server": {"root": "static"}}, r"'root' must be an absolute path"),
     ({"redirect": {"code": "301"}}, r"redirect needs 'to'"),
-    ({"redirect": {"to": "/", "code": "304"}}, r"redirect 'code' '304'"),
     ({"path": "api/*", "redirect": {"to": "/"}}, r"'path' 'api/\*' must start with /"),
     ({"path": "/*", "strip_prefix": True, "file_server": {"root": "/srv"}}, r"'strip_prefix' needs"),
 ])
 def test_bad_routes(route, message):
     with pytest.raises(AnsibleFilterError, match=r"^caddy_sites\[0\]\.routes\[0\](\.reverse_proxy)?: (.* )?" + message):
         caddy_sites_validate([route_site(route)])
+
+
+# The shape of the input (known keys, types, choices, required keys) is
+# meta/argument_specs.yml's job: Ansible checks it before the role runs, so the
+# filter does not repeat it. These cases prove the spec refuses them.
+@pytest.mark.parametrize(("sites", "message"), [
+    ("api.example.com", r"unable to convert to dict"),
+    ([{"routes": []}], r"missing required arguments: address found in caddy_sites"),
+    ([site(colour="blue")], r"caddy_sites\.colour\. Supported parameters include"),
+    ([site(tls="letsencrypt")], r"value of tls must be one of: acme, internal, files, off, got: letsencrypt"),
+    ([site(routes={"path": "/"})], r"routes"),
+    ([route_site({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "lb_policy": "fastest"}})],
+     r"value of lb_policy must be one of: .* got: fastest"),
+    ([route_site({"reverse_proxy": {"upstreams": ["127.0.0.1:1"], "retries": 3}})],
+     r"caddy_sites\.routes\.reverse_proxy\.retries\. Supported parameters include"),
+    ([route_site({"redirect": {"to": "/", "code": "304"}})], r"value of code must be one of: .* got: 304"),
+    ([route_site({"file_server": {"browse": True}})], r"missing required arguments: root"),
+])
+def test_argument_specs_refuse_the_shape(sites, message):
+    errors = spec_errors(caddy_sites=sites)
+    assert any(re.search(message, error) for error in errors), errors
+
+
+def test_argument_specs_take_the_good_sites():
+    assert spec_errors(caddy_sites=[PROXY_SITE, SPLIT_SITE, BLUE_GREEN]) == []
 
 
 def test_unreachable_routes_are_refused():
@@ -290,7 +315,7 @@ def test_error_names_the_right_site():
     with pytest.raises(AnsibleFilterError, match=r"^caddy_sites\[1\]\.routes\[1\]: upstream 'localhost:0' has a bad port 0"):
         caddy_sites_validate([PROXY_SITE, bad])
     with pytest.raises(AnsibleFilterError, match=r"^web_sites\[0\]"):
-        caddy_sites_validate([{"address": "x.example"}], var="web_sites")
+        caddy_sites_validate([{"address": "x.example"}], "web_sites")
 
 
 # ---------------------------------------------------------------- listener ports vs the admin API
@@ -298,7 +323,7 @@ def test_error_names_the_right_site():
 def test_listen_ports_are_the_global_and_explicit_site_ports():
     sites = [PROXY_SITE, {"address": ":8080", "routes": [{"redirect": {"to": "/"}}]},
              {"address": "b.example", "aliases": ["c.example:8443"], "routes": [{"redirect": {"to": "/"}}]}]
-    assert caddy_listen_check(sites, 80, 443, "unix//run/caddy/admin.sock") == [80, 443, 8080, 8443]
+    assert caddy_listen_check(caddy_sites_validate(sites), 80, 443, "unix//run/caddy/admin.sock") == [80, 443, 8080, 8443]
     assert caddy_listen_check([], "8080", "8443", "localhost:2019") == [8080, 8443]
 
 
@@ -313,12 +338,12 @@ def test_listen_ports_are_the_global_and_explicit_site_ports():
 ])
 def test_listen_check_refuses_collisions_and_bad_ports(admin, http_port, https_port, sites, message):
     with pytest.raises(AnsibleFilterError, match=message):
-        caddy_listen_check(sites, http_port, https_port, admin)
+        caddy_listen_check(caddy_sites_validate(sites), http_port, https_port, admin)
 
 
 def test_listen_check_names_the_bad_site():
     with pytest.raises(AnsibleFilterError, match=r"^caddy_sites\[0\]"):
-        caddy_listen_check([{"address": "x.example"}], 80, 443, "unix//run/caddy/admin.sock")
+        caddy_listen_check(caddy_sites_validate([{"address": "x.example"}]), 80, 443, "unix//run/caddy/admin.sock")
 
 
 # ---------------------------------------------------------------- Caddy's error lines
@@ -418,3 +443,24 @@ def test_metrics_listen_takes_loopback_and_private_addresses(address, expected):
 def test_metrics_listen_refuses_public_or_malformed_addresses(address, message):
     with pytest.raises(AnsibleFilterError, match=message):
         caddy.caddy_metrics_listen_validate(address)
+
+
+# ---------------------------------------------------------------- the site a health check uses
+
+CA = "/var/lib/caddy/ca.crt"
+
+
+@pytest.mark.parametrize(("sites", "role_vars", "expected"), [
+    ([PROXY_SITE], {}, {"url": "https://api.example.com:443", "host": "api.example.com", "port": "443", "ca_file": ""}),
+    ([site(tls="internal", address="a.example:9443"), SPLIT_SITE], {"caddy_https_port": 8443},
+     {"url": "https://a.example:9443", "host": "a.example", "port": "9443", "ca_file": CA}),
+    ([site()], {"caddy_https_port": 8443, "caddy_tls_default": "internal"},
+     {"url": "https://api.example.com:8443", "host": "api.example.com", "port": "8443", "ca_file": CA}),
+    ([site(address=":8080")], {}, {"url": "http://localhost:8080", "host": "localhost", "port": "8080", "ca_file": ""}),
+    ([site(address="http://plain.example")], {}, {"url": "http://plain.example:80", "host": "plain.example", "port": "80",
+                                                  "ca_file": ""}),
+    ([], {}, {}),
+])
+def test_check_site_is_the_first_site(sites, role_vars, expected):
+    https_port = role_vars.get("caddy_https_port", 443)
+    assert caddy_check_site(caddy_sites_validate(sites, **role_vars), https_port, CA) == expected

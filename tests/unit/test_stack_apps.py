@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_plugins"))
 
 import caddy  # noqa: E402
+import caddyfile  # noqa: E402  (tests/unit: the Caddyfile template rendered)
 import stack  # noqa: E402
 from stack import AnsibleFilterError  # noqa: E402
 
@@ -94,7 +95,7 @@ def test_maintenance_keeps_only_the_health_paths_and_answers_503_elsewhere():
     assert [r.get("path") for r in routes] == [["/api/healthz"], ["/healthz"], None]
     respond = routes[-1]["respond"]
     assert respond["status"] == 503 and respond["headers"]["Retry-After"] == "120"
-    text = caddy.caddy_sites_render([{"address": "example.com", "routes": routes}])
+    text = caddyfile.sites_text([{"address": "example.com", "routes": routes}])
     assert "handle /api/healthz {" in text
     assert 'header Retry-After 120' in text
     assert 'respond * "<h1>back soon</h1>" 503' in text
@@ -102,9 +103,9 @@ def test_maintenance_keeps_only_the_health_paths_and_answers_503_elsewhere():
 
 def test_respond_route_refuses_bad_status_and_multiline_body():
     with pytest.raises(caddy.AnsibleFilterError, match="status"):
-        caddy.caddy_sites_render([{"address": "example.com", "routes": [{"respond": {"status": 99}}]}])
+        caddyfile.sites_text([{"address": "example.com", "routes": [{"respond": {"status": 99}}]}])
     with pytest.raises(caddy.AnsibleFilterError, match="single-line"):
-        caddy.caddy_sites_render([{"address": "example.com", "routes": [{"respond": {"body": "a\nb"}}]}])
+        caddyfile.sites_text([{"address": "example.com", "routes": [{"respond": {"body": "a\nb"}}]}])
 
 
 def test_the_per_app_include_maps_every_key_of_the_plan():

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# Caddy's internal CA root: what the caddy role publishes as caddy_internal_ca_file
+# (molecule/caddy's converge checks the two agree).
 CADDY_CA = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
 HTTPS = "https://localhost:8443"
 

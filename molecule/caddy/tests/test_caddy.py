@@ -1,10 +1,14 @@
 """Behaviour of the caddy role, proven from outside the proxy (curl inside the container)."""
 
 import json
+import os
 import re
 import shlex
+import sys
 
-ROOT_CA = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+
+from stacktest import CADDY_CA as ROOT_CA  # noqa: E402  (the one definition the tests share)
 
 
 def curl(host, url, *extra):

@@ -70,7 +70,7 @@ def test_status_page_through_caddy_needs_the_login(host):
     with open(secrets, encoding="ascii") as handle:
         password = handle.read().strip()
     url = "https://localhost:8443/status/"
-    ca = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+    ca = CADDY_CA
     assert host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {ca} {url}") == "401"
     assert host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {ca} -u status:wrong {url}") == "401"
     deadline = time.time() + 90

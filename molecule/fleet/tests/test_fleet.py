@@ -11,7 +11,7 @@ import testinfra
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
-from stacktest import FAIL_HEALTH_FILE, RequestLoop, get, recap, redeploy_under_load, run_playbook  # noqa: E402
+from stacktest import CADDY_CA, FAIL_HEALTH_FILE, RequestLoop, get, recap, redeploy_under_load, run_playbook  # noqa: E402
 
 # Each test picks its hosts itself; run every test once.
 testinfra_hosts = ["ansible://fleet-web"]
@@ -373,7 +373,7 @@ def test_a_paused_standby_makes_the_replication_lag_alert_pending(host):
 
 def post_note(host, body):
     cmd = host.run("curl -sS --max-time 15 --cacert %s -o /dev/null -w '%%{http_code}' -H 'Content-Type: application/json' "
-                   "-d %s https://localhost:8443/notes", "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt",
+                   "-d %s https://localhost:8443/notes", CADDY_CA,
                    json.dumps({"body": body}))
     return cmd.stdout.strip()
 

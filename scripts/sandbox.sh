@@ -12,7 +12,6 @@ cd "$(dirname "$0")/.."
 
 NAME="${STACK_SANDBOX_NAME:-stack-sandbox}"
 IMAGE="${STACK_SANDBOX_IMAGE:-${STACK_IMAGE_DEBIAN12:-stack-debian:12}}"
-CACHE="${STACK_CACHE_DIR:-/var/cache/ansible-stack}"
 HTTP_PORT="${STACK_SANDBOX_HTTP_PORT:-8080}"
 HTTPS_PORT="${STACK_SANDBOX_HTTPS_PORT:-8443}"
 INVENTORY="${STACK_SANDBOX_INVENTORY:-inventories/sandbox}"
@@ -28,30 +27,20 @@ container_state() {
   echo "${state:-missing}"
 }
 
-prepare_cache() {
-  mkdir -p "$CACHE/apt/debian12/archives" "$CACHE/apt/debian12/lists" "$CACHE/pip"
-  # An empty lists directory must not look freshly updated to apt's cache_valid_time.
-  compgen -G "$CACHE/apt/debian12/lists/*Packages" >/dev/null || touch -d 2000-01-01 "$CACHE/apt/debian12/lists"
-}
-
+# The container is the test scenarios' (molecule/shared/container.yml):
+# container.py makes the apt (Debian 12's, shared with the one-host
+# scenarios) and pip cache directories and prints the `docker run` arguments.
 start_container() {
-  prepare_cache
   case "$(container_state)" in
     running) return 0 ;;
     missing)
       log "starting container $NAME from $IMAGE"
-      local publish=()
+      local publish=() args=() out
       [ "$PUBLISH" = 1 ] && publish=(-p "127.0.0.1:$HTTP_PORT:$HTTP_PORT" -p "127.0.0.1:$HTTPS_PORT:$HTTPS_PORT")
-      docker run -d --name "$NAME" --hostname sandbox \
-        --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined \
-        --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
-        --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
-        -v "$CACHE/apt/debian12/archives:/var/cache/apt/archives" \
-        -v "$CACHE/apt/debian12/lists:/var/lib/apt/lists" \
-        -v "$CACHE/pip:/var/cache/stack-pip" \
-        "${publish[@]}" \
-        --label stack.sandbox=true \
-        "$IMAGE" /lib/systemd/systemd >/dev/null ;;
+      out="$(python3 molecule/shared/container.py run-args "$NAME" sandbox "$IMAGE" debian12 \
+        "${publish[@]}" --label stack.sandbox=true)"
+      mapfile -t args <<<"$out"
+      docker run -d "${args[@]}" >/dev/null ;;
     *) log "starting stopped container $NAME"; docker start "$NAME" >/dev/null ;;
   esac
   for _ in $(seq 1 60); do

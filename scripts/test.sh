@@ -46,30 +46,23 @@ scenarios() {
 
 # Before `molecule create`: remove containers left by an interrupted run
 # (Docker's storage can outlive the machine's processes; create would reuse
-# them), and create the shared cache directories the platforms mount. An
-# apt lists directory that Docker creates on the fly looks freshly updated to
-# apt's cache_valid_time, so an empty one gets an old timestamp.
+# them), and create the shared cache directories the platforms mount (their
+# containers completed from molecule/shared/container.yml, as the scenario's
+# create step does).
 prepare_scenario() { # prepare_scenario SCENARIO
   python - "$1" <<'PY'
-import os, subprocess, sys, yaml
+import subprocess, sys, yaml
+sys.path.insert(0, "molecule/shared")
+import container
 scenario = sys.argv[1]
-cache = os.environ.get("STACK_CACHE_DIR", "/var/cache/ansible-stack")
 own = yaml.safe_load(open(f"molecule/{scenario}/molecule.yml")) or {}
 base = yaml.safe_load(open(".config/molecule/config.yml"))
-def expand(text):
-    return (text.replace("${MOLECULE_SCENARIO_NAME}", scenario)
-                .replace("${STACK_CACHE_DIR:-/var/cache/ansible-stack}", cache))
 for platform in own.get("platforms") or base["platforms"]:
-    name = expand(platform["name"])
-    if subprocess.run(["docker", "inspect", name], capture_output=True).returncode == 0:
-        print(f"removing stale container {name}")
-        subprocess.run(["docker", "rm", "-f", name], check=True, capture_output=True)
-    for volume in platform.get("volumes", []):
-        source = expand(volume).split(":")[0]
-        if source.startswith(cache):
-            os.makedirs(source, exist_ok=True)
-            if source.endswith("/lists") and not [f for f in os.listdir(source) if f.endswith("Packages")]:
-                os.utime(source, (946684800, 946684800))
+    spec = container.complete(container.expand(platform, scenario))
+    if subprocess.run(["docker", "inspect", spec["name"]], capture_output=True).returncode == 0:
+        print(f"removing stale container {spec['name']}")
+        subprocess.run(["docker", "rm", "-f", spec["name"]], check=True, capture_output=True)
+    container.make_cache_dirs(spec)
 PY
 }
 

@@ -1,16 +1,18 @@
-"""Helpers for the whole-stack scenarios (default, fleet): run playbooks
+"""Helpers for the whole-stack scenarios (default, fleet, apps): run playbooks
 against the Molecule inventory, request Caddy over HTTPS, count requests
 during a deploy or restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +89,32 @@ def redeploy_under_load(host, tmp_path: Path, marker: str, *args: str,
     with RequestLoop(host, marker) as loop:
         rc, out = run_playbook("playbooks/redeploy.yml", "-e", f"stack_app_source_path={source}", *args)
     return rc, out, loop
+
+
+def assert_redeploy_loses_no_request(
+        host, releases: Callable[[], dict[str, str]], loops: dict[str, str], *args: str,
+        redeploy: Callable[..., tuple[int, str]] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Redeploy while serving, and assert that no request was lost.
+
+    Runs playbooks/redeploy.yml with `args` (through `redeploy(*args)` when
+    given, a scenario's own runner) while one RequestLoop per `loops` entry
+    (tag -> path) requests through Caddy on `host`. Asserts that the run
+    passed, that every release `releases()` reads ({name: release}) changed,
+    and that each loop made more than 50 requests, none failed. Returns the
+    releases before and after, for the caller's own checks.
+    """
+    run = redeploy or (lambda *extra: run_playbook("playbooks/redeploy.yml", *extra))
+    before = releases()
+    with contextlib.ExitStack() as stack:
+        started = [stack.enter_context(RequestLoop(host, tag, path)) for tag, path in loops.items()]
+        rc, out = run(*args)
+    assert rc == 0, out[-4000:]
+    after = releases()
+    assert all(after[name] != before[name] for name in before), (before, after)
+    for loop in started:
+        assert loop.result["requests"] > 50
+        assert loop.result["failures"] == 0, loop.result
+    return before, after
 
 
 class RequestLoop:

@@ -7,7 +7,7 @@ import shutil
 
 from conftest import API_SRC, SCENARIO_DIR, current_release, egress_host, http, playbook, report, serving_port, site
 
-from stacktest import RequestLoop, recap
+from stacktest import assert_redeploy_loses_no_request, recap
 
 testinfra_hosts = ["ansible://apps-host"]
 SECRETS = ("shop-owner-Secret-42", "shop-rw-Secret-42", "shop-ro-Secret-42")
@@ -27,19 +27,15 @@ def _push_frontend_commit(marker: str) -> str:
 
 
 def test_redeploy_of_both_apps_loses_no_request(host, tmp_path):
-    before = {app: current_release(host, app) for app in ("api", "web")}
     source = tmp_path / "shopapi-v3"
     shutil.copytree(API_SRC, source)
     (source / "shopapi" / "CHANGES").write_text("v3\n")
     commit = _push_frontend_commit("v3")
-    with RequestLoop(host, "apps-api", "/api/healthz") as api_loop, RequestLoop(host, "apps-web", "/healthz") as web_loop:
-        rc, out = playbook("-e", json.dumps({"apps_api_source": str(source)}))
-    assert rc == 0, out[-4000:]
-    after = {app: current_release(host, app) for app in ("api", "web")}
-    assert after["web"] == commit and after["api"] != before["api"], (before, after)
-    for loop in (api_loop, web_loop):
-        assert loop.result["requests"] > 50
-        assert loop.result["failures"] == 0, loop.result
+    before, after = assert_redeploy_loses_no_request(
+        host, lambda: {app: current_release(host, app) for app in ("api", "web")},
+        {"apps-api": "/api/healthz", "apps-web": "/healthz"},
+        "-e", json.dumps({"apps_api_source": str(source)}), redeploy=playbook)
+    assert after["web"] == commit, (before, after)
     # The pre-migration backup of the run, tagged so retention keeps it apart.
     status = json.loads(host.check_output("cat /var/lib/backups/status.json"))
     report(f"redeploy of both apps: {before} -> {after}; backup {status['last_run']['set']}")

@@ -7,7 +7,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
-from stacktest import CADDY_CA, HTTPS, RequestLoop, get, recap, redeploy_under_load, run_playbook  # noqa: E402
+from stacktest import (  # noqa: E402
+    CADDY_CA, HTTPS, RequestLoop, assert_redeploy_loses_no_request, get, new_release_source, recap, run_playbook)
 
 
 def test_health_through_caddy(host):
@@ -110,13 +111,10 @@ def test_prometheus_scrapes_the_site_caddy_the_app_and_postgresql(host):
 
 
 def test_redeploy_while_serving_loses_no_request(host, tmp_path):
-    _, before = get(host, "/health")
-    rc, out, loop = redeploy_under_load(host, tmp_path, "redeploy-v2")
-    assert rc == 0, out[-4000:]
-    _, after = get(host, "/health")
-    assert after["release"] != before["release"], (before, after)
-    assert loop.result["requests"] > 50
-    assert loop.result["failures"] == 0, loop.result
+    source = new_release_source(tmp_path, "redeploy-v2")
+    assert_redeploy_loses_no_request(
+        host, lambda: {"demo": get(host, "/health")[1]["release"]}, {"redeploy-v2": "/health"},
+        "-e", f"stack_app_source_path={source}")
 
 
 def test_restart_app_tag_loses_no_request(host):

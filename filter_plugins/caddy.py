@@ -516,35 +516,6 @@ def caddy_listen_check(sites: Any, http_port: Any = 80, https_port: Any = 443,
     return sorted(ports)
 
 
-def caddy_changed_files(checksum_lines: Any, files: Any) -> list[str]:
-    """Names of the files whose live copy differs from the known-good copy.
-
-    ``checksum_lines`` is ``sha256sum`` output (``<hex>  <path>`` per line;
-    files it could not read are absent); ``files`` is a list of mappings with
-    ``name``, ``live`` and ``good`` paths. A missing live file or a missing
-    known-good copy counts as a difference. The order of ``files`` is kept.
-    """
-    if isinstance(checksum_lines, str):
-        checksum_lines = checksum_lines.splitlines()
-    if not isinstance(checksum_lines, Sequence):
-        raise AnsibleFilterError(
-            f"caddy_changed_files: expects sha256sum output lines, got {type(checksum_lines).__name__}")
-    sums: dict[str, str] = {}
-    for line in checksum_lines:
-        digest, sep, path = str(line).partition("  ")
-        if sep and digest:
-            sums[path.strip()] = digest
-    if isinstance(files, (str, Mapping)) or not isinstance(files, Sequence):
-        raise AnsibleFilterError("caddy_changed_files: expects a list of {name, live, good} mappings")
-    out = []
-    for item in files:
-        if not isinstance(item, Mapping) or not all(k in item for k in ("name", "live", "good")):
-            raise AnsibleFilterError(f"caddy_changed_files: {item!r} needs name, live and good")
-        if sums.get(str(item["live"]), "no live file") != sums.get(str(item["good"]), "no known-good copy"):
-            out.append(str(item["name"]))
-    return out
-
-
 _SYSTEMD_ERROR_RE = re.compile(r"(Failed|failed|exited, code=|status=\d|timed out|Killing)")
 
 
@@ -596,5 +567,4 @@ class FilterModule:
             "caddy_quote": caddy_quote,
             "caddy_listen_check": caddy_listen_check,
             "caddy_error_lines": caddy_error_lines,
-            "caddy_changed_files": caddy_changed_files,
         }

@@ -49,4 +49,4 @@ class FilterModule:
     """Package filters."""
 
     def filters(self) -> dict[str, Any]:
-        return {"apt_missing": apt_missing, "apt_names": apt_names}
+        return {"apt_missing": apt_missing, "apt_names": apt_names, "apt_installed": installed_packages}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:
@@ -72,6 +72,35 @@ def secret_digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def known_good_differs(checksum_lines: Any, files: Any) -> list[str]:
+    """Names of the files whose live copy differs from the known-good copy.
+
+    ``checksum_lines`` is ``sha256sum`` output (``<hex>  <path>`` per line;
+    files it could not read are absent); ``files`` is a list of mappings with
+    ``name``, ``live`` and ``good`` paths. A missing live file or a missing
+    known-good copy counts as a difference. The order of ``files`` is kept.
+    """
+    if isinstance(checksum_lines, str):
+        checksum_lines = checksum_lines.splitlines()
+    if not isinstance(checksum_lines, Sequence):
+        raise AnsibleFilterError(
+            f"known_good_differs: expects sha256sum output lines, got {type(checksum_lines).__name__}")
+    sums: dict[str, str] = {}
+    for line in checksum_lines:
+        digest, sep, path = str(line).partition("  ")
+        if sep and digest:
+            sums[path.strip()] = digest
+    if isinstance(files, (str, Mapping)) or not isinstance(files, Sequence):
+        raise AnsibleFilterError("known_good_differs: expects a list of {name, live, good} mappings")
+    out = []
+    for item in files:
+        if not isinstance(item, Mapping) or not all(k in item for k in ("name", "live", "good")):
+            raise AnsibleFilterError(f"known_good_differs: {item!r} needs name, live and good")
+        if sums.get(str(item["live"]), "no live file") != sums.get(str(item["good"]), "no known-good copy"):
+            out.append(str(item["name"]))
+    return out
+
+
 class FilterModule:
     """Restart-safe configuration helpers."""
 
@@ -79,4 +108,5 @@ class FilterModule:
         return {
             "changed_settings": changed_settings,
             "secret_digest": secret_digest,
+            "known_good_differs": known_good_differs,
         }

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_p
 
 import caddy  # noqa: E402  (filter_plugins is not a package)
 from caddy import (  # noqa: E402
-    AnsibleFilterError, caddy_admin_validate, caddy_changed_files, caddy_check_site, caddy_error_lines,
+    AnsibleFilterError, caddy_admin_validate, caddy_check_site, caddy_error_lines,
     caddy_listen_check, caddy_quote,
 )
 from caddyfile import site_options, sites_text, spec_errors  # noqa: E402
@@ -388,39 +388,6 @@ def test_error_lines_limit_keeps_the_latest():
 def test_error_lines_bad_input():
     with pytest.raises(AnsibleFilterError, match="expects text"):
         caddy_error_lines(42)
-
-
-# ---------------------------------------------------------------- live files vs known-good copies
-
-FILES = [
-    {"name": "Caddyfile", "live": "/etc/caddy/Caddyfile", "good": "/etc/caddy/Caddyfile.good"},
-    {"name": "drop-in", "live": "/etc/d/10.conf", "good": "/etc/caddy/known-good/10.conf"},
-    {"name": "environment file", "live": "/etc/caddy/caddy.env", "good": "/etc/caddy/known-good/caddy.env"},
-]
-
-
-def test_changed_files_compares_live_and_good_checksums():
-    out = ["aaa  /etc/caddy/Caddyfile", "bbb  /etc/d/10.conf", "ccc  /etc/caddy/caddy.env",
-           "aaa  /etc/caddy/Caddyfile.good", "xxx  /etc/caddy/known-good/10.conf", "ccc  /etc/caddy/known-good/caddy.env"]
-    assert caddy_changed_files(out, FILES) == ["drop-in"]
-    assert caddy_changed_files("\n".join(out), FILES) == ["drop-in"]
-
-
-def test_changed_files_missing_copies_or_live_files_differ():
-    # No known-good copies yet (sha256sum reported only the live files).
-    out = ["aaa  /etc/caddy/Caddyfile", "bbb  /etc/d/10.conf", "ccc  /etc/caddy/caddy.env"]
-    assert caddy_changed_files(out, FILES) == ["Caddyfile", "drop-in", "environment file"]
-    # Neither exists: still a difference, never "equal because both missing".
-    assert caddy_changed_files([], FILES[:1]) == ["Caddyfile"]
-
-
-def test_changed_files_bad_input():
-    with pytest.raises(AnsibleFilterError, match="needs name, live and good"):
-        caddy_changed_files([], [{"name": "x"}])
-    with pytest.raises(AnsibleFilterError, match="expects a list"):
-        caddy_changed_files([], {"name": "x"})
-    with pytest.raises(AnsibleFilterError, match="expects sha256sum output"):
-        caddy_changed_files(42, FILES)
 
 
 @pytest.mark.parametrize("address,expected", [

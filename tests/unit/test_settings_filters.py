@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_plugins"))
 
-from settings import AnsibleFilterError, changed_settings, secret_digest  # noqa: E402
+from settings import AnsibleFilterError, changed_settings, known_good_differs, secret_digest  # noqa: E402
 
 
 def test_names_only_the_changed_variables():
@@ -45,3 +45,36 @@ def test_secret_digest_is_stable_and_hides_the_value():
     digest = secret_digest("hunter2")
     assert digest == secret_digest("hunter2") and digest != secret_digest("hunter3")
     assert "hunter2" not in digest and digest.startswith("sha256:")
+
+
+# ---------------------------------------------------------------- live files vs known-good copies
+
+FILES = [
+    {"name": "Caddyfile", "live": "/etc/caddy/Caddyfile", "good": "/etc/caddy/Caddyfile.good"},
+    {"name": "drop-in", "live": "/etc/d/10.conf", "good": "/etc/caddy/known-good/10.conf"},
+    {"name": "environment file", "live": "/etc/caddy/caddy.env", "good": "/etc/caddy/known-good/caddy.env"},
+]
+
+
+def test_changed_files_compares_live_and_good_checksums():
+    out = ["aaa  /etc/caddy/Caddyfile", "bbb  /etc/d/10.conf", "ccc  /etc/caddy/caddy.env",
+           "aaa  /etc/caddy/Caddyfile.good", "xxx  /etc/caddy/known-good/10.conf", "ccc  /etc/caddy/known-good/caddy.env"]
+    assert known_good_differs(out, FILES) == ["drop-in"]
+    assert known_good_differs("\n".join(out), FILES) == ["drop-in"]
+
+
+def test_changed_files_missing_copies_or_live_files_differ():
+    # No known-good copies yet (sha256sum reported only the live files).
+    out = ["aaa  /etc/caddy/Caddyfile", "bbb  /etc/d/10.conf", "ccc  /etc/caddy/caddy.env"]
+    assert known_good_differs(out, FILES) == ["Caddyfile", "drop-in", "environment file"]
+    # Neither exists: still a difference, never "equal because both missing".
+    assert known_good_differs([], FILES[:1]) == ["Caddyfile"]
+
+
+def test_changed_files_bad_input():
+    with pytest.raises(AnsibleFilterError, match="needs name, live and good"):
+        known_good_differs([], [{"name": "x"}])
+    with pytest.raises(AnsibleFilterError, match="expects a list"):
+        known_good_differs([], {"name": "x"})
+    with pytest.raises(AnsibleFilterError, match="expects sha256sum output"):
+        known_good_differs(42, FILES)

@@ -8,7 +8,7 @@ import os
 
 PORT = 9991
 VARS = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "vars.yml")))
-PASSWORDS = {u["name"]: u["password"] for u in VARS["postgresql_users"]}
+PASSWORDS = VARS["molecule_passwords"]
 CONF = {"12": "/etc/postgresql/15/main", "13": "/etc/postgresql/17/main"}
 
 

@@ -37,6 +37,10 @@ except ImportError:  # pragma: no cover - only without ansible installed
 
 SCRAM_RE = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$")
 POOL_MODES = ("session", "transaction", "statement")
+# Where the pooler may listen besides loopback: RFC 1918 and unique local
+# IPv6 addresses (not the documentation or shared ranges Python also calls
+# private).
+PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 
 
@@ -142,7 +146,7 @@ def listen_address_check(address: Any, var: str = "pgbouncer_listen_address") ->
         parsed = ipaddress.ip_address(str(address).strip())
     except ValueError:
         raise AnsibleFilterError(f"{var}: {address!r} is not an IP address") from None
-    if not (parsed.is_loopback or parsed.is_private) or parsed.is_unspecified:
+    if not (parsed.is_loopback or any(parsed in net for net in PRIVATE_NETWORKS)):
         raise AnsibleFilterError(f"{var}: {address} must be a loopback or private address (the apps of this host "
                                  "connect to it; the pooler is never public)")
     return str(parsed)

@@ -259,6 +259,7 @@ def firewall_rules(hostvars: Any, groups: Any, me: str, db_port: Any, app_ports:
         sources = [host_address(hostvars, h) for h in scrapers]
         wanted = [("node", True, "node exporter"),
                   ("postgres", me in _group(groups, "db") + _group(groups, "db_replica"), "PostgreSQL exporter"),
+                  ("pgbouncer", me in _group(groups, "app") and "pgbouncer" in monitoring_ports, "PgBouncer exporter"),
                   ("caddy", me in _group(groups, "web"), "Caddy's metrics")]
         for key, applies, what in wanted:
             if applies:
@@ -297,6 +298,7 @@ def firewall_rules(hostvars: Any, groups: Any, me: str, db_port: Any, app_ports:
 APP_RUNTIMES = ("python", "node")
 APP_SOURCE_TYPES = ("dir", "archive", "git")
 APP_EGRESS = ("open", "allowlist", "localhost")
+APP_POOL_MODES = ("transaction", "session")
 # Every key an app of stack_apps may set, with its default (None: required or
 # taken from the stack-level defaults passed in).
 APP_DEFAULTS: dict[str, Any] = {
@@ -321,6 +323,9 @@ APP_DEFAULTS: dict[str, Any] = {
     "database": True,
     "db_url_env": "DATABASE_URL",
     "db_driver": "postgresql+psycopg",
+    # transaction or session: how the stack's PgBouncer pools this app's
+    # runtime connections (stack_pgbouncer).
+    "db_pool_mode": "transaction",
     "migrate_command": [],
     "revision_command": None,
     "schema_head_command": None,
@@ -451,8 +456,47 @@ def _plan_app(app: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -
             raise AnsibleFilterError(f"{where}.{key}: names must be unique, got {names}")
     if not isinstance(out["environment"], Mapping):
         raise AnsibleFilterError(f"{where}.environment: must be a mapping of NAME: value")
+    if out["db_pool_mode"] not in APP_POOL_MODES:
+        raise AnsibleFilterError(
+            f"{where}.db_pool_mode: must be one of {', '.join(APP_POOL_MODES)}, got {out['db_pool_mode']!r}")
     out["database"] = bool(out["database"])
     out["require_lock"] = bool(out["require_lock"])
+    return out
+
+
+def pgbouncer_databases(hostvars: Any, groups: Any, me: str, plan: Any, database: str, port: Any,
+                        primary: Any = None) -> list[dict[str, Any]]:
+    """PgBouncer's [databases] on the app host ``me``: the stack's database on
+    the primary (loopback when ``me`` is the primary), and ``<database>_session``
+    pooled by session when an app of ``plan`` asks for it (db_pool_mode)."""
+    host = db_address(hostvars, groups, me, primary)
+    entries = [{"name": database, "host": host, "port": int(port), "dbname": database}]
+    if any(app.get("database", True) and app.get("db_pool_mode") == "session" for app in plan or []):
+        entries.append({"name": f"{database}_session", "host": host, "port": int(port), "dbname": database,
+                        "pool_mode": "session"})
+    return entries
+
+
+def pgbouncer_pool_size(groups: Any, max_connections: Any, reserved: Any) -> int:
+    """Server connections each app host's PgBouncer may open: what
+    ``max_connections`` leaves once ``reserved`` are kept for the rest,
+    shared evenly by the app hosts (at least 1)."""
+    apps = _group(groups, "app")
+    try:
+        room = int(max_connections) - int(reserved)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError(f"stack_db_max_connections ({max_connections!r}) and stack_db_reserved_connections "
+                                 f"({reserved!r}) must be numbers") from None
+    return max(1, room // max(1, len(apps)))
+
+
+def pgbouncer_pools(hostvars: Any, groups: Any, default: Any) -> dict[str, int]:
+    """{app host: its pgbouncer_max_db_connections} (``default`` where a host
+    does not say), for the check that the pools fit the server."""
+    out = {}
+    for host in _group(groups, "app"):
+        value = _var(hostvars, host, "pgbouncer_max_db_connections")
+        out[host] = default if value is _MISSING else value
     return out
 
 
@@ -504,10 +548,11 @@ def monitoring_address(hostvars: Any, groups: Any, host: str) -> str:
     return LOOPBACK if _stack_hosts(groups) == [host] else host_address(hostvars, host)
 
 
-def monitoring_targets(hostvars: Any, groups: Any) -> list[dict[str, Any]]:
+def monitoring_targets(hostvars: Any, groups: Any, pgbouncer: Any = False) -> list[dict[str, Any]]:
     """Every host of the stack for the monitoring hosts to scrape (the
     monitoring role's monitoring_targets): node exporter on each, the
-    PostgreSQL exporter on the primary and the standbys. A host whose address
+    PostgreSQL exporter on the primary and the standbys, the PgBouncer
+    exporter on the app hosts when ``pgbouncer`` (stack_pgbouncer). A host whose address
     is unknown here (a run that does not gather its facts: promote.yml
     leaves the old primary out, or --limit) gets address "": the monitoring
     role refuses to run with it, naming the host, and other plays need not."""
@@ -518,7 +563,8 @@ def monitoring_targets(hostvars: Any, groups: Any) -> list[dict[str, Any]]:
             address = monitoring_address(hostvars, groups, host)
         except AnsibleFilterError:
             address = ""
-        targets.append({"host": host, "address": address, "postgres": host in databases})
+        targets.append({"host": host, "address": address, "postgres": host in databases,
+                        "pgbouncer": bool(pgbouncer) and host in _group(groups, "app")})
     return targets
 
 
@@ -562,5 +608,8 @@ class FilterModule:
             "stack_app_metrics_targets": app_metrics_targets,
             "stack_monitoring_address": monitoring_address,
             "stack_monitoring_targets": monitoring_targets,
+            "stack_pgbouncer_databases": pgbouncer_databases,
+            "stack_pgbouncer_pool_size": pgbouncer_pool_size,
+            "stack_pgbouncer_pools": pgbouncer_pools,
             "stack_caddy_metrics_targets": caddy_metrics_targets,
         }

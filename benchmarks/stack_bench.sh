@@ -103,7 +103,7 @@ fi
 cp "$work"/noop-ssh*.log .cache/ 2>/dev/null || true
 rm -r "$inv/host_vars"
 
-docker cp molecule/shared/files/reqloop.py "$STACK_SANDBOX_NAME:/usr/local/bin/reqloop"
+docker cp playbooks/files/request_probe.py "$STACK_SANDBOX_NAME:/usr/local/bin/reqloop"
 ca=/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt
 read -r redeploy redeploy_requests redeploy_failed < <(redeploy_under_load "$work/redeploy" "$(release v2)")
 read -r redeploy_linear redeploy_linear_requests redeploy_linear_failed < <(

@@ -70,6 +70,13 @@ def scram_secret(password: Any, user: Any, seed: Any = "", iterations: int = 409
     if rounds < 4096:
         raise AnsibleFilterError(f"scram_secret: iterations {rounds} is below 4096")
     salt = hashlib.sha256(f"webstack-scram-salt\0{seed}\0{user}".encode()).digest()[:16]
+    return scram_secret_with_salt(password, salt, rounds)
+
+
+def scram_secret_with_salt(password: str, salt: bytes, rounds: int = 4096) -> str:
+    """The SCRAM-SHA-256 secret of ``password`` for a given salt (RFC 5802/7677:
+    SaltedPassword = PBKDF2-HMAC-SHA-256, StoredKey = H(HMAC(SaltedPassword,
+    "Client Key")), ServerKey = HMAC(SaltedPassword, "Server Key"))."""
     salted = hashlib.pbkdf2_hmac("sha256", unicodedata.normalize("NFKC", password).encode(), salt, rounds)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
@@ -152,6 +159,20 @@ def listen_address_check(address: Any, var: str = "pgbouncer_listen_address") ->
     return str(parsed)
 
 
+def cidrs_check(addresses: Any, var: str = "pgbouncer_client_addresses") -> list[str]:
+    """The addresses or networks as CIDR (a bare address becomes /32 or /128);
+    fails naming the entry that is neither."""
+    if isinstance(addresses, (str, Mapping)) or not isinstance(addresses, Sequence) or not addresses:
+        raise AnsibleFilterError(f"{var}: expects a non-empty list of addresses or networks")
+    out = []
+    for index, value in enumerate(addresses):
+        try:
+            out.append(str(ipaddress.ip_network(str(value).strip(), strict=False)))
+        except ValueError:
+            raise AnsibleFilterError(f"{var}[{index}]: {value!r} is not an address or network") from None
+    return out
+
+
 def version_at_least(version: Any, wanted: str) -> bool:
     """True when the Debian package version ``version`` (e.g. 1.18.0-1+deb12u1,
     1:1.24.1-1) is at least the upstream ``wanted`` (e.g. 1.21)."""
@@ -210,5 +231,6 @@ class FilterModule:
             "pgbouncer_databases_check": databases_check,
             "pgbouncer_version_at_least": version_at_least,
             "pgbouncer_listen_address_check": listen_address_check,
+            "pgbouncer_cidrs_check": cidrs_check,
             "pgbouncer_pool_budget": pool_budget,
         }

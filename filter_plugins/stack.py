@@ -259,7 +259,8 @@ def firewall_rules(hostvars: Any, groups: Any, me: str, db_port: Any, app_ports:
         sources = [host_address(hostvars, h) for h in scrapers]
         wanted = [("node", True, "node exporter"),
                   ("postgres", me in _group(groups, "db") + _group(groups, "db_replica"), "PostgreSQL exporter"),
-                  ("pgbouncer", me in _group(groups, "app") and "pgbouncer" in monitoring_ports, "PgBouncer exporter"),
+                  ("pgbouncer", me in _group(groups, "app") and "pgbouncer" in monitoring_ports
+                   and pgbouncer_exporter(hostvars, me), "PgBouncer exporter"),
                   ("caddy", me in _group(groups, "web"), "Caddy's metrics")]
         for key, applies, what in wanted:
             if applies:
@@ -548,6 +549,16 @@ def monitoring_address(hostvars: Any, groups: Any, host: str) -> str:
     return LOOPBACK if _stack_hosts(groups) == [host] else host_address(hostvars, host)
 
 
+def pgbouncer_exporter(hostvars: Any, host: str) -> bool:
+    """True when ``host`` runs Debian's PgBouncer exporter: every release but
+    Debian 12, whose exporter does not work with its PgBouncer (the
+    monitoring role exports the pools through node exporter there)."""
+    facts = _var(hostvars, host, "ansible_facts")
+    if facts is _MISSING or not isinstance(facts, Mapping):
+        return True
+    return not (facts.get("distribution") == "Debian" and str(facts.get("distribution_major_version")) == "12")
+
+
 def monitoring_targets(hostvars: Any, groups: Any, pgbouncer: Any = False) -> list[dict[str, Any]]:
     """Every host of the stack for the monitoring hosts to scrape (the
     monitoring role's monitoring_targets): node exporter on each, the
@@ -564,7 +575,8 @@ def monitoring_targets(hostvars: Any, groups: Any, pgbouncer: Any = False) -> li
         except AnsibleFilterError:
             address = ""
         targets.append({"host": host, "address": address, "postgres": host in databases,
-                        "pgbouncer": bool(pgbouncer) and host in _group(groups, "app")})
+                        "pgbouncer": bool(pgbouncer) and host in _group(groups, "app")
+                        and pgbouncer_exporter(hostvars, host)})
     return targets
 
 

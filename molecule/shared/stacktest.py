@@ -119,8 +119,9 @@ def assert_redeploy_loses_no_request(
 
 class RequestLoop:
     """A bounded request loop through Caddy in `host` (a transient systemd
-    unit running molecule/shared/files/reqloop.py), started and stopped around
-    the block."""
+    unit running playbooks/files/request_probe.py), started and stopped around
+    the block. Its result says it ran until the block ended (stopped by the
+    stop file, not by its own time limit)."""
 
     def __init__(self, host, tag: str, path: str = "/health") -> None:
         self.host, self.tag, self.path = host, tag, path
@@ -130,7 +131,7 @@ class RequestLoop:
         self.host.run("rm -f /tmp/loop-%s.json /tmp/loop-%s.stop", self.tag, self.tag)
         self.host.check_output(
             "systemd-run --unit=reqloop-%s --collect /usr/bin/python3 /usr/local/bin/reqloop "
-            "--url %s --cafile %s --out /tmp/loop-%s.json --stop /tmp/loop-%s.stop --max-seconds 600",
+            "--url %s --cafile %s --out /tmp/loop-%s.json --stop /tmp/loop-%s.stop --max-seconds 1800",
             self.tag, HTTPS + self.path, CADDY_CA, self.tag, self.tag)
         time.sleep(2)
         return self
@@ -145,4 +146,5 @@ class RequestLoop:
         self.result = json.loads(self.host.check_output("cat /tmp/loop-%s.json", self.tag))
         print(f"request loop [{self.tag}] through Caddy: requests={self.result['requests']} "
               f"failures={self.result['failures']} releases={self.result['releases']} "
-              f"errors={self.result['errors']}")
+              f"max latency={self.result['max_latency_seconds']} s errors={self.result['errors']}")
+        assert self.result["stopped"] == "stop file", self.result

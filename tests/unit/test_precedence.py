@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-ROLES = ["base", "postgresql", "app_service", "caddy", "backups"]
+ROLES = ["base", "postgresql", "pgbouncer", "app_service", "caddy", "backups"]
 # Roles site.yml names that this inventory (no monitoring group) never runs.
 OTHER_ROLES = ["monitoring"]
 BIN = Path(sys.executable).parent
@@ -63,6 +63,8 @@ STACK = {
 WIRED = {  # level 1: the stack wiring's value; the role's own default differs
     "base": ("base_firewall_web", True, False),
     "postgresql": ("postgresql_port", 9991, 5432),
+    # max_connections 100 less the 20 kept for the rest, on one app host.
+    "pgbouncer": ("pgbouncer_max_db_connections", 80, 20),
     "app_service": ("app_service_name", "demo", "app"),
     "caddy": ("caddy_https_port", 8443, 443),
     "backups": ("backups_databases", ["demo_db"], []),
@@ -71,11 +73,13 @@ WIRED = {  # level 1: the stack wiring's value; the role's own default differs
 # one level down: the wiring for level 2, group_vars/all for 3, the group for 4,
 # host_vars for 5.
 LEVEL2 = {role: (var, wired, {"base_firewall_web": False, "postgresql_port": 7001, "app_service_name": "from-all",
+                              "pgbouncer_max_db_connections": 70,
                               "caddy_https_port": 7441, "backups_databases": ["from_all"]}[var])
           for role, (var, wired, _) in WIRED.items()}
 LEVEL3 = {
     "base": ("base_timezone", "Europe/Berlin", "Europe/Paris"),
     "postgresql": ("postgresql_listen_addresses", "*", "127.0.0.1"),
+    "pgbouncer": ("pgbouncer_pause_timeout", 20, 25),
     "app_service": ("app_service_ports", [9001, 9002], [9101, 9102]),
     "caddy": ("caddy_http_port", 7080, 7081),
     "backups": ("backups_dir", "/srv/backups-all", "/srv/backups-db"),
@@ -83,6 +87,7 @@ LEVEL3 = {
 LEVEL4 = {
     "base": ("base_journald_system_max_use", "100M", "300M"),
     "postgresql": ("postgresql_max_connections", 150, 160),
+    "pgbouncer": ("pgbouncer_max_client_conn", 500, 600),
     "app_service": ("app_service_workers", 3, 4),
     "caddy": ("caddy_acme_email", "group@example.test", "host@example.test"),
     "backups": ("backups_jobs", 3, 4),
@@ -90,12 +95,13 @@ LEVEL4 = {
 LEVEL5 = {
     "base": ("base_deploy_user", "hostuser", "extrauser"),
     "postgresql": ("postgresql_memory_mb", 512, 640),
+    "pgbouncer": ("pgbouncer_query_wait_timeout", 100, 110),
     "app_service": ("app_service_health_path", "/from-host", "/from-extra"),
     "caddy": ("caddy_log_dir", "/var/log/caddy-host", "/var/log/caddy-extra"),
     "backups": ("backups_format", "directory", "custom"),
 }
 # The group that runs each role (where a group-level value goes).
-GROUP = {"base": "web", "postgresql": "db", "app_service": "app", "caddy": "web", "backups": "db"}
+GROUP = {"base": "web", "postgresql": "db", "pgbouncer": "app", "app_service": "app", "caddy": "web", "backups": "db"}
 
 
 def _layers() -> tuple[dict[str, dict], dict]:

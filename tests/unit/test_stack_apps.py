@@ -67,6 +67,7 @@ def test_an_app_without_alembic_gets_no_revision_commands():
     ({"route": "api"}, r"stack_apps\[1\]\.route: must be /\* or a prefix"),
     ({"health_path": "healthz"}, r"stack_apps\[1\]\.health_path: must be a path"),
     ({"colour": "blue"}, r"stack_apps\[1\]: unknown keys colour"),
+    ({"db_pool_mode": "statement"}, r"stack_apps\[1\]\.db_pool_mode: must be one of transaction, session"),
 ])
 def test_bad_apps_fail_naming_the_key(change, message):
     apps = [dict(TWO_APPS[0]), {**TWO_APPS[1], **change}]

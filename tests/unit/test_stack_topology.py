@@ -256,7 +256,7 @@ PORTS = {"node": 9100, "postgres": 9187, "caddy": 2020}
 def test_one_host_monitoring_stays_on_loopback():
     groups = dict(SINGLE_GROUPS, monitoring=["vps"])
     assert stack.monitoring_address(SINGLE_VARS, groups, "vps") == "127.0.0.1"
-    assert stack.monitoring_targets(SINGLE_VARS, groups) == [{"host": "vps", "address": "127.0.0.1", "postgres": True}]
+    assert stack.monitoring_targets(SINGLE_VARS, groups) == [{"host": "vps", "address": "127.0.0.1", "postgres": True, "pgbouncer": False}]
     assert stack.caddy_metrics_targets(SINGLE_VARS, groups, 2020) == ["127.0.0.1:2020"]
     # Nothing to open: the scraper is the host itself.
     assert stack.firewall_rules(SINGLE_VARS, groups, "vps", 9991, [8001, 8002], 80, 443, PORTS) == []
@@ -264,11 +264,11 @@ def test_one_host_monitoring_stays_on_loopback():
 
 def test_a_monitoring_host_scrapes_every_host_on_its_private_address():
     assert stack.monitoring_targets(MONITORED_VARS, MONITORED) == [
-        {"host": "db1", "address": "10.0.0.21", "postgres": True},
-        {"host": "db2", "address": "10.0.0.22", "postgres": True},
-        {"host": "app1", "address": "10.0.0.31", "postgres": False},
-        {"host": "app2", "address": "10.0.0.32", "postgres": False},
-        {"host": "web1", "address": "10.0.0.41", "postgres": False}]
+        {"host": "db1", "address": "10.0.0.21", "postgres": True, "pgbouncer": False},
+        {"host": "db2", "address": "10.0.0.22", "postgres": True, "pgbouncer": False},
+        {"host": "app1", "address": "10.0.0.31", "postgres": False, "pgbouncer": False},
+        {"host": "app2", "address": "10.0.0.32", "postgres": False, "pgbouncer": False},
+        {"host": "web1", "address": "10.0.0.41", "postgres": False, "pgbouncer": False}]
     assert stack.monitoring_address(MONITORED_VARS, MONITORED, "web1") == "10.0.0.41"
     assert stack.caddy_metrics_targets(MONITORED_VARS, MONITORED, 2020) == ["10.0.0.41:2020"]
     assert stack.caddy_metrics_targets(MONITORED_VARS, MONITORED, 2020, ["web1"]) == ["10.0.0.41:2020"]
@@ -277,7 +277,7 @@ def test_a_monitoring_host_scrapes_every_host_on_its_private_address():
 def test_a_host_without_a_known_address_is_left_for_the_monitoring_role_to_refuse():
     hostvars = dict(MONITORED_VARS, app2={})  # no facts, no stack_private_address (promote.yml, --limit)
     targets = stack.monitoring_targets(hostvars, MONITORED)
-    assert {"host": "app2", "address": "", "postgres": False} in targets
+    assert {"host": "app2", "address": "", "postgres": False, "pgbouncer": False} in targets
     assert [t["address"] for t in targets if t["host"] != "app2"] == ["10.0.0.21", "10.0.0.22", "10.0.0.31", "10.0.0.41"]
 
 
@@ -302,3 +302,59 @@ def test_monitoring_opens_the_exporters_to_the_monitoring_hosts_only():
     hostvars = dict(MONITORED_VARS, web9={"stack_private_address": "10.0.0.49"})
     assert stack.app_ip_allow(hostvars, groups, "app1", "10.0.0.31") == [
         "10.0.0.21/32", "10.0.0.49/32", "10.0.0.41/32", "10.0.0.31/32"]
+
+
+# --- PgBouncer on the app hosts ------------------------------------------------
+
+def debian(major, address):
+    return {"ansible_facts": {"default_ipv4": {"address": address}, "distribution": "Debian",
+                              "distribution_major_version": str(major)}}
+
+
+def test_pgbouncer_on_one_host_pools_the_database_over_loopback():
+    plan = [{"name": "demo", "database": True, "db_pool_mode": "transaction"}]
+    assert stack.pgbouncer_databases(SINGLE_VARS, SINGLE_GROUPS, "vps", plan, "demo", 9991) == [
+        {"name": "demo", "host": "127.0.0.1", "port": 9991, "dbname": "demo"}]
+    # Every server connection but the reserve, on the one app host.
+    assert stack.pgbouncer_pool_size(SINGLE_GROUPS, 100, 20) == 80
+
+
+def test_pgbouncer_on_the_fleet_reaches_the_primary_and_adds_a_session_alias_when_asked():
+    plan = [{"name": "web", "database": False, "db_pool_mode": "session"},
+            {"name": "api", "database": True, "db_pool_mode": "session"}]
+    assert stack.pgbouncer_databases(FLEET_VARS, FLEET_GROUPS, "app1", plan, "shop", "9991") == [
+        {"name": "shop", "host": "10.0.0.21", "port": 9991, "dbname": "shop"},
+        {"name": "shop_session", "host": "10.0.0.21", "port": 9991, "dbname": "shop", "pool_mode": "session"}]
+    # An app without a database asks for nothing.
+    assert len(stack.pgbouncer_databases(FLEET_VARS, FLEET_GROUPS, "app1", plan[:1], "shop", 9991)) == 1
+    # After a switchover the pools point at the promoted standby.
+    groups = dict(FLEET_GROUPS, db_replica=["db2"])
+    hostvars = dict(FLEET_VARS, db2={"stack_private_address": "10.0.0.22"})
+    assert stack.pgbouncer_databases(hostvars, groups, "app1", plan[1:], "shop", 9991, "db2")[0]["host"] == "10.0.0.22"
+    # Two app hosts share what the server leaves.
+    assert stack.pgbouncer_pool_size(FLEET_GROUPS, 100, 20) == 40
+    assert stack.pgbouncer_pool_size(FLEET_GROUPS, 10, 20) == 1
+    with pytest.raises(AnsibleFilterError, match="stack_db_max_connections"):
+        stack.pgbouncer_pool_size(FLEET_GROUPS, "many", 20)
+
+
+def test_pgbouncer_pools_read_each_app_hosts_own_size():
+    hostvars = dict(FLEET_VARS, app1=dict(FLEET_VARS["app1"], pgbouncer_max_db_connections=30))
+    assert stack.pgbouncer_pools(hostvars, FLEET_GROUPS, 40) == {"app1": 30, "app2": 40}
+
+
+def test_the_pgbouncer_exporter_is_scraped_and_opened_where_it_runs():
+    """Debian 13's exporter on each app host; Debian 12's does not work with
+    its PgBouncer (node exporter carries the pools there)."""
+    hostvars = dict(MONITORED_VARS, app1=debian(13, "10.0.0.31"), app2=debian(12, "10.0.0.32"))
+    targets = {t["host"]: t["pgbouncer"] for t in stack.monitoring_targets(hostvars, MONITORED, True)}
+    assert targets == {"db1": False, "db2": False, "app1": True, "app2": False, "web1": False}
+    assert not any(stack.monitoring_targets(hostvars, MONITORED, False)[i]["pgbouncer"] for i in range(5))
+    ports = dict(PORTS, pgbouncer=9127)
+
+    def opened(host):
+        rules = stack.firewall_rules(hostvars, MONITORED, host, 9991, [8001, 8002], 80, 443, ports)
+        return {r["port"] for r in rules if "monitoring" in r["comment"]}
+    assert opened("app1") == {9100, 9127}
+    assert opened("app2") == {9100}
+    assert opened("db1") == {9100, 9187}

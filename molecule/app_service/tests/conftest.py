@@ -196,7 +196,8 @@ class Loops:
         for host in self.hosts.values():
             host.run(f"rm -f /tmp/loop-{self.tag}.json /tmp/loop-{self.tag}.stop")
             host.check_output(f"systemd-run --unit=reqloop-{self.tag} --collect /usr/local/bin/reqloop "
-                              f"--out /tmp/loop-{self.tag}.json --stop /tmp/loop-{self.tag}.stop --max-seconds 400")
+                              f"--url http://127.0.0.1:8080/health "
+                              f"--out /tmp/loop-{self.tag}.json --stop /tmp/loop-{self.tag}.stop --max-seconds 900")
         time.sleep(2)
         return self
 
@@ -212,6 +213,8 @@ class Loops:
                 time.sleep(0.5)
             self.results[name] = json.loads(host.check_output(f"cat /tmp/loop-{self.tag}.json"))
             print(f"request loop [{self.tag}] {name}: {json.dumps(self.results[name])}")
+            # It ran until told to stop, not out of time before the change ended.
+            assert self.results[name]["stopped"] == "stop file", self.results[name]
 
 
 def make_source(tmp: Path, name: str, broken: bool = False) -> Path:

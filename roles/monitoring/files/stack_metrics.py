@@ -4,8 +4,12 @@ collector (installed by the Ansible role `monitoring`):
 
   stack_backup_last_good_timestamp_seconds  the newest good backup set (backups role)
   stack_unit_failed{unit}                   1 for each failed unit matching the regex
+  pgbouncer_up, pgbouncer_pools_client_{active,waiting}_connections{database,user}
+                                            PgBouncer's pools (with --pgbouncer-port: Debian 12,
+                                            whose packaged exporter does not work with its PgBouncer;
+                                            the names are those of Debian 13's exporter)
 
-  stack_metrics.py --out FILE --units-regex REGEX [--backups-status FILE]
+  stack_metrics.py --out FILE --units-regex REGEX [--backups-status FILE] [--pgbouncer-port PORT]
 
 Written to a temporary file and renamed, so the collector never reads half.
 """
@@ -47,13 +51,40 @@ def unit_lines(regex: str) -> list[str]:
     return lines
 
 
+def pgbouncer_lines(port: int, socket_dir: str = "/run/postgresql") -> list[str]:
+    """SHOW POOLS over the unix socket as this process's account (root, a
+    stats user of PgBouncer's by peer authentication)."""
+    proc = subprocess.run(["psql", "-X", "-q", "-A", "-F", "\t", "-h", socket_dir, "-p", str(port), "-U", "root",
+                           "-d", "pgbouncer", "-c", "SHOW POOLS"], capture_output=True, text=True, check=False,
+                          timeout=10)
+    rows = [line.split("\t") for line in proc.stdout.splitlines() if line and not line.startswith("(")]
+    lines = ["# HELP pgbouncer_up 1 when PgBouncer's admin console answered.", "# TYPE pgbouncer_up gauge",
+             f"pgbouncer_up {1 if proc.returncode == 0 and rows else 0}"]
+    if proc.returncode != 0 or not rows:
+        return lines
+    header = rows[0]
+    for column, name, what in (("cl_active", "client_active_connections", "linked to a server connection"),
+                               ("cl_waiting", "client_waiting_connections", "waiting for a server connection")):
+        metric = f"pgbouncer_pools_{name}"
+        lines += [f"# HELP {metric} Client connections {what}.", f"# TYPE {metric} gauge"]
+        for row in rows[1:]:
+            pool = dict(zip(header, row))
+            if pool.get("database") == "pgbouncer" or column not in pool:
+                continue
+            lines.append(f'{metric}{{database="{pool["database"]}",user="{pool["user"]}"}} {int(pool[column])}')
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--units-regex", required=True)
     parser.add_argument("--backups-status", default="")
+    parser.add_argument("--pgbouncer-port", type=int, default=0)
     args = parser.parse_args(argv)
     lines = backup_lines(args.backups_status) + unit_lines(args.units_regex)
+    if args.pgbouncer_port:
+        lines += pgbouncer_lines(args.pgbouncer_port)
     tmp = f"{args.out}.tmp"
     with open(tmp, "w", encoding="ascii") as handle:
         handle.write("\n".join(lines) + "\n")

@@ -22,10 +22,11 @@ CADDY_CA = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
 HTTPS = "https://localhost:8443"
 
 
-def run_playbook(playbook: str, *args: str) -> tuple[int, str]:
-    """ansible-playbook against the scenario's inventory; returns (rc, output)."""
+def run_playbook(playbook: str, *args: str, inventory: str | None = None) -> tuple[int, str]:
+    """ansible-playbook against the scenario's inventory (or ``inventory``);
+    returns (rc, output)."""
     path = playbook if os.path.isabs(playbook) else str(REPO / playbook)
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path, *args]
+    cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], path, *args]
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, check=False)
     print(f"{' '.join(cmd[3:])}: rc={proc.returncode} in {time.monotonic() - started:.0f}s")

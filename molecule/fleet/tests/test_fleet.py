@@ -80,8 +80,11 @@ except psycopg.Error as exc:
 """
 
 
-def app_database_url(app):
-    env = node(app).check_output("grep ^DATABASE_URL= /etc/demo/env")
+def app_database_url(app, env_file="/etc/demo/migrate.env"):
+    """DATABASE_URL of an env file of the app: migrate.env (the migrations',
+    straight to PostgreSQL over TLS) by default, env for the app's processes
+    (through PgBouncer on the host)."""
+    env = node(app).check_output("grep ^DATABASE_URL= %s", env_file)
     return env.split("=", 1)[1].strip().strip("'\"")
 
 
@@ -101,6 +104,7 @@ def probe_database(app, url):
 
 @pytest.mark.parametrize("app", ["fleet-app1", "fleet-app2"])
 def test_app_hosts_reach_postgresql_over_verified_tls_only(host, app):
+    """The migrations' URL (owner role, straight to the server)."""
     url = app_database_url(app)
     assert "sslmode=verify-full" in url and "sslrootcert=/etc/ssl/demo-db-ca.crt" in url, url
     # The app's own URL: encrypted, the server's certificate verified against the stack's CA.
@@ -113,6 +117,72 @@ def test_app_hosts_reach_postgresql_over_verified_tls_only(host, app):
     # A CA other than the stack's fails the verification.
     wrong = probe_database(app, url.replace("/etc/ssl/demo-db-ca.crt", wrong_ca(app)))
     assert wrong.startswith("refused:") and "certificate verify failed" in wrong, wrong
+
+
+def pgbouncer_ini(app):
+    return node(app).check_output("cat /etc/pgbouncer/pgbouncer.ini")
+
+
+@pytest.mark.parametrize("app", ["fleet-app1", "fleet-app2"])
+def test_the_apps_processes_go_through_pgbouncer_which_verifies_the_server(host, app):
+    url = app_database_url(app, "/etc/demo/env")
+    assert url.startswith("postgresql+psycopg://demo_app:") and url.endswith("@127.0.0.1:6432/demo?sslmode=disable"), url
+    db_address = node("fleet-db").check_output("hostname -I").split()[0]
+    ini = pgbouncer_ini(app)
+    assert f"demo = host={db_address} port=9991 dbname=demo" in ini, ini
+    assert "server_tls_sslmode = verify-full" in ini and "server_tls_ca_file = /etc/pgbouncer/server-ca.crt" in ini
+    # PgBouncer's own server connections (one opened by a query through it
+    # here) arrive over TLS as the app's role.
+    assert probe_database(app, url.replace("postgresql+psycopg://", "postgresql://", 1)).startswith("ssl=False")
+    address = node(app).check_output("hostname -I").split()[0]
+    rows = psql("fleet-db", "SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                            f"WHERE a.usename = 'demo_app' AND a.client_addr = '{address}'").stdout.split()
+    print(app, "server connections of its PgBouncer:", rows)
+    assert rows and all(r.startswith("t|TLSv1.") for r in rows), rows
+    # The pooler listens on loopback only: another host cannot reach it.
+    assert not can_connect(host, app, 6432)
+
+
+ASYNCPG_LOAD = """
+import asyncio, sys
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+async def main(url):
+    # asyncpg's own statement cache and SQLAlchemy's: named prepared
+    # statements reused across transactions, on server connections that
+    # transaction pooling hands out to whoever asks.
+    engine = create_async_engine(url, pool_size=8, max_overflow=0)
+    errors = []
+    async def worker(n):
+        for i in range(15):
+            try:
+                async with engine.begin() as conn:
+                    row = (await conn.execute(text("SELECT count(*) + :n FROM notes WHERE id > :i"), {"n": n, "i": i})).one()
+                    assert row[0] >= n
+            except Exception as exc:
+                errors.append(type(exc).__name__ + ": " + str(exc).splitlines()[0])
+    await asyncio.gather(*(worker(n) for n in range(24)))
+    await engine.dispose()
+    print("errors=%d %s" % (len(errors), errors[:2]))
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_asyncpg_with_its_statement_caches_works_through_transaction_pooling(host):
+    """PgBouncer 1.24 (Debian 13) keeps the apps' named prepared statements
+    across transactions (max_prepared_statements): SQLAlchemy with asyncpg
+    and both statement caches on, 24 tasks on 8 connections, 360
+    transactions through the pooler."""
+    app = node("fleet-app1")
+    venv = "/var/tmp/asyncpg-probe"
+    app.check_output(f"test -x {venv}/bin/python || python3 -m venv {venv}")
+    app.check_output(f"{venv}/bin/pip install -q --cache-dir /var/cache/stack-pip 'sqlalchemy[asyncio]' asyncpg")
+    assert "max_prepared_statements = 200" in pgbouncer_ini("fleet-app1")
+    url = app_database_url("fleet-app1", "/etc/demo/env").replace("postgresql+psycopg://", "postgresql+asyncpg://", 1)
+    url = url.replace("sslmode=disable", "ssl=disable")
+    out = app.run(f"{venv}/bin/python -c %s %s", ASYNCPG_LOAD, url)
+    print(out.stdout, out.stderr[-500:])
+    assert out.rc == 0 and out.stdout.strip().startswith("errors=0 "), out.stdout + out.stderr
 
 
 def test_the_asyncpg_url_form_verifies_the_server_too(host):
@@ -384,24 +454,120 @@ def test_promote_refuses_a_lagging_standby(host):
     assert all(c["changed"] == 0 for c in recap(out).values()), recap(out)
 
 
-# Last: the fleet is destroyed afterwards.
-def test_zz_promote_the_standby(host):
-    assert post_note(host, "before the promote") == "201"
+# Last, in this order: a planned switchover to fleet-db2, fleet-db re-cloned
+# as its standby (the way back), then a failover to fleet-db with fleet-db2's
+# container stopped. The fleet is destroyed afterwards.
+PROBE_BODY = json.dumps({"body": "promote probe"})
+
+
+def promote(*args, inventory=None, tmp_path=None):
+    report = os.path.join(str(tmp_path), "promote.json")
     rc, out = run_playbook("playbooks/promote.yml", "-e", "promote_probe_path=/notes", "-e", "promote_probe_method=POST",
-                           "-e", '{"promote_probe_body": "{\\"body\\": \\"promote probe\\"}"}')
-    figures = out[out.find("Promoted fleet-db2"):][:400]
-    print(figures)
+                           "-e", json.dumps({"promote_probe_body": PROBE_BODY, "promote_report_file": report}), *args,
+                           inventory=inventory)
+    print(out[out.find("Promoted fleet-db"):][:700])
     assert rc == 0, out[-5000:]
-    assert "write unavailability" in figures, out[-3000:]
+    with open(report, encoding="utf-8") as handle:
+        result = json.load(handle)
+    print("promote figures:", json.dumps(result))
+    return out, result
+
+
+def test_zz_1_a_planned_switchover_loses_no_request(host, tmp_path):
+    """The pools pause, fleet-db2 catches up and is promoted, PgBouncer on
+    each app host points at it and resumes: no request fails, writes wait
+    for the pause. The apps keep their processes (no restart for the runtime
+    URL, which names PgBouncer)."""
+    assert post_note(host, "before the promote") == "201"
+    pids = {app: node(app).check_output("systemctl show -p MainPID --value 'demo@8001' 'demo@8002' | sort -n | tail -1")
+            for app in APPS}
+    with RequestLoop(host, "promote", "/health/db") as loop:
+        out, result = promote(tmp_path=tmp_path)
+    assert result["planned"] is True and result["target"] == "fleet-db2"
+    # The playbook's write probe (POST /notes through Caddy) and the test's read loop.
+    assert result["requests"] > 50 and result["failures"] == 0, result
+    assert result["stopped"] == "stop file", result
+    assert result["pause_seconds"] is not None, result  # the pools were paused (and resumed)
+    assert loop.result["requests"] > 50 and loop.result["failures"] == 0, loop.result
     # The app writes through Caddy again, into the new primary.
     assert post_note(host, "after the promote") == "201"
     assert psql("fleet-db2", "SELECT count(*) FROM notes WHERE body = 'after the promote'").stdout.strip() == "1"
+    assert psql("fleet-db2", "SELECT count(*) FROM notes WHERE body = 'before the promote'").stdout.strip() == "1"
     assert psql("fleet-db2", "SELECT pg_is_in_recovery()").stdout.strip() == "f"
     address = node("fleet-db2").check_output("hostname -I").split()[0]
     for app in APPS:
+        assert f"demo = host={address} port=9991" in pgbouncer_ini(app), app
         assert f"@{address}:9991/" in app_database_url(app), app
     # The old primary is stopped and cannot start.
     db = node("fleet-db")
     assert db.run("systemctl is-enabled postgresql@17-main").stdout.strip() == "masked"
     assert db.run("systemctl is-active postgresql@17-main").stdout.strip() != "active"
     assert db.run("systemctl start postgresql@17-main").rc != 0
+    # The apps were not restarted: the runtime URL names PgBouncer on their host.
+    after = {app: node(app).check_output("systemctl show -p MainPID --value 'demo@8001' 'demo@8002' | sort -n | tail -1")
+             for app in APPS}
+    assert after == pids and all(pid != "0" for pid in pids.values()), (pids, after)
+
+
+def swapped_inventory(primary, standby):
+    """The scenario's inventory with `primary` in db and `standby` in
+    db_replica, beside it (its group_vars apply)."""
+    import yaml
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    data = yaml.safe_load(open(inventory, encoding="utf-8"))
+    hosts = {**data["db"]["hosts"], **data["db_replica"]["hosts"]}
+    data["db"]["hosts"] = {primary: hosts[primary]}
+    data["db_replica"]["hosts"] = {standby: hosts[standby]}
+    path = os.path.join(os.path.dirname(inventory), f"primary-{primary}.yml")
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
+    return path
+
+
+def test_zz_2_the_old_primary_becomes_the_new_primarys_standby(host):
+    """The way back, as the README says: fleet-db2 in db, fleet-db in
+    db_replica, site.yml with postgresql_replica_reclone: fleet-db is cloned
+    from fleet-db2 (unmasked for it) and streams from it."""
+    inventory = swapped_inventory("fleet-db2", "fleet-db")
+    rc, out = run_playbook("playbooks/site.yml", "-e", "postgresql_replica_reclone=true", inventory=inventory)
+    assert rc == 0, out[-5000:]
+    assert "Clone the standby from the primary" in out
+    counts = recap(out)
+    assert set(counts) == {"fleet-db", "fleet-db2", "fleet-app1", "fleet-app2", "fleet-web"}, counts
+    assert psql("fleet-db", "SELECT pg_is_in_recovery()").stdout.strip() == "t"
+    assert psql("fleet-db", "SELECT count(*) FROM notes WHERE body = 'after the promote'").stdout.strip() == "1"
+    rows = psql("fleet-db2", "SELECT application_name, state FROM pg_stat_replication").stdout.split()
+    assert rows == ["fleet_db|streaming"], rows
+    # A second run with the new inventory changes nothing.
+    rc, out = run_playbook("playbooks/site.yml", inventory=inventory)
+    counts = recap(out)
+    assert rc == 0 and counts and all(c["changed"] == 0 for c in counts.values()), counts
+
+
+def test_zz_3_a_failover_with_the_primary_gone_prints_its_window(host, tmp_path):
+    """fleet-db2's container stopped (the primary gone, unreachable):
+    promote_force promotes fleet-db, PgBouncer drops its connections to the
+    dead server and resumes on the new one. Requests fail from the loss of
+    the primary until then; the run prints for how long."""
+    inventory = swapped_inventory("fleet-db2", "fleet-db")
+    assert post_note(host, "before the failover") == "201"
+    deadline = time.time() + 10
+    while time.time() < deadline and psql("fleet-db", "SELECT count(*) FROM notes WHERE body = 'before the failover'"
+                                          ).stdout.strip() != "1":
+        time.sleep(0.2)
+    subprocess.run(["docker", "stop", "-t", "1", "fleet-db2"], check=True, capture_output=True)
+    # It stays stopped: started, it would come up as a second primary.
+    out, result = promote("-e", "promote_force=true", "-e", "promote_target=fleet-db", inventory=inventory,
+                          tmp_path=tmp_path)
+    assert result["planned"] is False and result["target"] == "fleet-db"
+    assert "is unreachable and was not fenced" in out
+    print(f"failover: requests did not get through for {result['longest_unavailable_seconds']} s at most; "
+          f"{result['switch_seconds']} s from pg_promote() to the pools resumed")
+    assert result["failures"] > 0 and not result["still_failing"], result
+    assert post_note(host, "after the failover") == "201"
+    assert psql("fleet-db", "SELECT pg_is_in_recovery()").stdout.strip() == "f"
+    assert psql("fleet-db", "SELECT count(*) FROM notes WHERE body IN ('before the failover', 'after the failover')"
+                ).stdout.strip() == "2"
+    address = node("fleet-db").check_output("hostname -I").split()[0]
+    for app in APPS:
+        assert f"demo = host={address} port=9991" in pgbouncer_ini(app), app

@@ -5,7 +5,11 @@
 #   3. redeploy.yml of a new release while a request loop runs through Caddy:
 #      time, requests and failed requests; then a release with changed
 #      requirements (a new virtualenv);
-#   4. the no-op re-run over SSH, as on a real VPS.
+#   4. the no-op re-run over SSH, as on a real VPS;
+#   5. what PgBouncer costs or saves: requests per second and p50/p99 latency
+#      of a database-backed request (GET /notes) through Caddy at a fixed
+#      concurrency of 20, with the apps on PgBouncer (the default) and
+#      connecting to PostgreSQL directly (-e stack_pgbouncer=false).
 # Runs 2 and 3 are repeated with Ansible's linear strategy, the previous
 # approach, and printed with the ratio (ansible.cfg's default is stack_linear,
 # Mitogen).
@@ -111,6 +115,19 @@ read -r redeploy_linear redeploy_linear_requests redeploy_linear_failed < <(
 read -r redeploy_reqs redeploy_reqs_requests redeploy_reqs_failed < <(
   redeploy_under_load "$work/redeploy-reqs" "$(release v4 requirements)")
 
+# PgBouncer vs direct: the same load, the app switched between the two by
+# site.yml (a health-gated restart for the new DATABASE_URL).
+docker cp benchmarks/http_load.py "$STACK_SANDBOX_NAME:/usr/local/bin/http_load"
+load() { # -> JSON figures of 15 s at concurrency 20 on GET /notes
+  docker exec "$STACK_SANDBOX_NAME" python3 /usr/local/bin/http_load --url https://127.0.0.1:8443/notes \
+    --server-name localhost --cafile "$ca" --concurrency 20 --seconds 15
+}
+field() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+pooled=$(load)
+timed_play "$work/direct" playbooks/site.yml -e stack_pgbouncer=false >/dev/null
+direct=$(load)
+timed_play "$work/pooled-again" playbooks/site.yml >/dev/null
+
 cat <<TXT
 
 Whole-stack benchmark ($(nproc) cores, image ${STACK_SANDBOX_IMAGE:-stack-debian:12}, $(date -u +%F))
@@ -123,4 +140,7 @@ Strategy stack_linear (Mitogen) vs Ansible's linear (previous approach), ratio =
   redeploy.yml, unchanged requirements:  ${redeploy} s, ${redeploy_requests} requests through Caddy, ${redeploy_failed} failed
     with strategy linear:                ${redeploy_linear} s, ${redeploy_linear_requests} requests, ${redeploy_linear_failed} failed, ratio $(ratio "$redeploy_linear" "$redeploy")
   redeploy.yml, changed requirements:    ${redeploy_reqs} s, ${redeploy_reqs_requests} requests, ${redeploy_reqs_failed} failed
+GET /notes through Caddy, 20 concurrent clients for 15 s, PgBouncer vs the app connecting directly, ratio = PgBouncer / direct
+  through PgBouncer (the default):       $(field "$pooled" rps) requests/s, p50 $(field "$pooled" p50_ms) ms, p99 $(field "$pooled" p99_ms) ms, $(field "$pooled" failures) failed
+  straight to PostgreSQL:                $(field "$direct" rps) requests/s, p50 $(field "$direct" p50_ms) ms, p99 $(field "$direct" p99_ms) ms, $(field "$direct" failures) failed, ratio $(ratio "$(field "$pooled" rps)" "$(field "$direct" rps)") (requests/s)
 TXT

@@ -45,8 +45,18 @@ def apt_names(wanted: list[str]) -> list[str]:
     return [str(spec).partition("=")[0] for spec in wanted]
 
 
+def apt_changed(before: Any, after: Any) -> dict[str, list[str]]:
+    """{name: [old version, new version]} of the packages whose installed
+    version differs between two apt_installed maps (old is "" for a package
+    installed since)."""
+    before, after = dict(before or {}), dict(after or {})
+    return {name: [before.get(name, ""), version] for name, version in sorted(after.items())
+            if before.get(name) != version}
+
+
 class FilterModule:
     """Package filters."""
 
     def filters(self) -> dict[str, Any]:
-        return {"apt_missing": apt_missing, "apt_names": apt_names, "apt_installed": installed_packages}
+        return {"apt_missing": apt_missing, "apt_names": apt_names, "apt_installed": installed_packages,
+                "apt_changed": apt_changed}

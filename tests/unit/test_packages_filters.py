@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_plugins"))
 
-from packages import apt_missing, apt_names, installed_packages  # noqa: E402
+from packages import apt_changed, apt_missing, apt_names, installed_packages  # noqa: E402
 
 OUTPUT = (
     "caddy\t2.6.2-5\tii \n"
@@ -44,3 +44,13 @@ def test_nothing_installed_when_the_query_failed():
 
 def test_apt_names_drops_version_pins():
     assert apt_names(["caddy=2.6.*", "curl"]) == ["caddy", "curl"]
+
+
+def test_apt_changed_names_what_an_update_changed():
+    before = {"postgresql-15": "15.18-0+deb12u1", "libpq5": "15.18-0+deb12u1", "curl": "7.88.1-10"}
+    after = {"postgresql-15": "15.20-0+deb12u1", "libpq5": "15.20-0+deb12u1", "curl": "7.88.1-10", "new-dep": "1.0"}
+    assert apt_changed(before, after) == {
+        "libpq5": ["15.18-0+deb12u1", "15.20-0+deb12u1"], "new-dep": ["", "1.0"],
+        "postgresql-15": ["15.18-0+deb12u1", "15.20-0+deb12u1"]}
+    assert apt_changed(before, before) == {}
+    assert apt_changed(before, {}) == {}

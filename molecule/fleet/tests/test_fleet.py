@@ -511,14 +511,20 @@ def test_zz_1_a_planned_switchover_loses_no_request(host, tmp_path):
 
 def swapped_inventory(primary, standby):
     """The scenario's inventory with `primary` in db and `standby` in
-    db_replica, beside it (its group_vars apply)."""
+    db_replica, in a directory of its own (Molecule reads every file of its
+    inventory directory) that links the same group_vars."""
     import yaml
     inventory = os.environ["MOLECULE_INVENTORY_FILE"]
     data = yaml.safe_load(open(inventory, encoding="utf-8"))
     hosts = {**data["db"]["hosts"], **data["db_replica"]["hosts"]}
     data["db"]["hosts"] = {primary: hosts[primary]}
     data["db_replica"]["hosts"] = {standby: hosts[standby]}
-    path = os.path.join(os.path.dirname(inventory), f"primary-{primary}.yml")
+    directory = os.path.join(os.path.dirname(os.path.dirname(inventory)), f"inventory-primary-{primary}")
+    os.makedirs(directory, exist_ok=True)
+    link = os.path.join(directory, "group_vars")
+    if not os.path.islink(link):
+        os.symlink(os.path.realpath(os.path.join(os.path.dirname(inventory), "group_vars")), link)
+    path = os.path.join(directory, "hosts.yml")
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle)
     return path

@@ -131,9 +131,9 @@ def test_the_apps_processes_go_through_pgbouncer_which_verifies_the_server(host,
     ini = pgbouncer_ini(app)
     assert f"demo = host={db_address} port=9991 dbname=demo" in ini, ini
     assert "server_tls_sslmode = verify-full" in ini and "server_tls_ca_file = /etc/pgbouncer/server-ca.crt" in ini
-    # PgBouncer's own server connections (one opened by a query through it
-    # here) arrive over TLS as the app's role.
-    assert probe_database(app, url.replace("postgresql+psycopg://", "postgresql://", 1)).startswith("ssl=False")
+    # A query through it runs on one of PgBouncer's server connections: the
+    # server sees it arrive over TLS.
+    assert probe_database(app, url.replace("postgresql+psycopg://", "postgresql://", 1)).startswith("ssl=True TLSv1.")
     address = node(app).check_output("hostname -I").split()[0]
     rows = psql("fleet-db", "SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
                             f"WHERE a.usename = 'demo_app' AND a.client_addr = '{address}'").stdout.split()

@@ -174,6 +174,7 @@ def test_each_alert_fires_and_reaches_the_webhook(host):
         assert "stacktest-fail.service failed" in dom and "StackDiskAlmostFull" in dom
         # Names the package, the host and how long (100 h and the seconds to the alert).
         held_summaries = summaries(host, "StackHeldUpdatesWaiting")
+        print(f"StackHeldUpdatesWaiting: {held_summaries}")
         assert held_summaries and all(HELD_SUMMARY.fullmatch(s) for s in held_summaries), held_summaries
     finally:
         host.run("rm -f /srv/fill/blob /var/lib/backups/status.json "

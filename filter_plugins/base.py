@@ -1,4 +1,5 @@
-"""Filters for the base role: firewall rule validation and planning for ufw.
+"""Filters for the base role: firewall rule validation and planning for ufw,
+and the check of the unattended-upgrades hold list.
 
 The role never hands a raw variable to ufw: ``base_firewall_plan`` validates
 every rule (port range, protocol, source addresses) and raises an error
@@ -262,6 +263,29 @@ def address_in(address: Any, sources: Any) -> bool:
     return False
 
 
+def hold_patterns(patterns: Any, var: str = "base_unattended_upgrades_hold") -> list[str]:
+    """Return ``patterns`` when each is one Unattended-Upgrade::Package-Blacklist
+    entry: a non-empty Python regular expression (unattended-upgrades calls
+    ``re.match`` with it, and stops with a traceback, upgrading nothing, on one
+    that does not compile) that an apt configuration string can carry (no
+    double quote, no line break). The error names the variable and index."""
+    if not _is_list(patterns):
+        _fail(var, f"must be a list of regular expressions, got {patterns!r}")
+    checked = []
+    for index, pattern in enumerate(patterns):
+        where = f"{var}[{index}]"
+        if not isinstance(pattern, str) or not pattern.strip():
+            _fail(where, f"must be a non-empty regular expression, got {pattern!r}")
+        if '"' in pattern or "\n" in pattern or "\r" in pattern:
+            _fail(where, f"{pattern!r} cannot contain a double quote or a line break (apt configuration string)")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            _fail(where, f"{pattern!r} is not a regular expression ({exc})")
+        checked.append(str(pattern))
+    return checked
+
+
 class FilterModule:
     """Ansible filter map for the base role."""
 
@@ -271,4 +295,5 @@ class FilterModule:
             "base_firewall_plan": firewall_plan,
             "base_firewall_changes": firewall_changes,
             "base_address_in": address_in,
+            "base_hold_patterns": hold_patterns,
         }

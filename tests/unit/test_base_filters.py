@@ -173,4 +173,26 @@ def test_address_in(address, sources, expected):
 def test_filter_module_exports():
     names = base.FilterModule().filters()
     assert set(names) == {"base_firewall_rules_validate", "base_firewall_plan", "base_firewall_changes",
-                          "base_address_in"}
+                          "base_address_in", "base_hold_patterns"}
+
+
+# ------------------------------------------------------------ hold list
+
+def test_hold_patterns_returns_valid_entries():
+    entries = ["postgresql-[0-9]+$", "pgbouncer$", "caddy$", r"foo\.bar"]
+    assert base.hold_patterns(entries) == entries
+
+
+@pytest.mark.parametrize("entries, message", [
+    ("caddy$", "base_unattended_upgrades_hold: must be a list of regular expressions, got 'caddy$'"),
+    (["caddy$", ""], "base_unattended_upgrades_hold[1]: must be a non-empty regular expression, got ''"),
+    (["caddy$", 15], "base_unattended_upgrades_hold[1]: must be a non-empty regular expression, got 15"),
+    (["postgresql-[0-9+$"], "base_unattended_upgrades_hold[0]: 'postgresql-[0-9+$' is not a regular expression "
+                            "(unterminated character set at position 11)"),
+    (['caddy"$'], "base_unattended_upgrades_hold[0]: 'caddy\"$' cannot contain a double quote or a line break"),
+    (["caddy\n"], "base_unattended_upgrades_hold[0]: 'caddy\\n' cannot contain a double quote or a line break"),
+])
+def test_hold_patterns_refuses_entries_unattended_upgrades_or_apt_cannot_use(entries, message):
+    with pytest.raises(AnsibleFilterError) as err:
+        base.hold_patterns(entries)
+    assert str(err.value).startswith(message), str(err.value)

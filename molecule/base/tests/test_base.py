@@ -1,11 +1,14 @@
 """Prove the base role from outside: firewall verdicts on real connections,
-ufw/iptables state, the deploy user's key and sudo, and that bad input fails
-before the host changes."""
+ufw/iptables state, the deploy user's key and sudo, that bad input fails
+before the host changes, and that unattended-upgrades holds back the listed
+packages while apt's hooks report their pending updates as metrics."""
 
 import json
 import os
-
+import re
 import subprocess
+import tempfile
+import time
 
 import pytest
 import testinfra
@@ -14,13 +17,21 @@ import yaml
 SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARS = yaml.safe_load(open(os.path.join(SCENARIO_DIR, "vars.yml")))
 PORTS = (22, 80, 443, 9991, 9992, 9993)
+HOLD_DEFAULTS = ["postgresql-[0-9]+$", "pgbouncer$", "caddy$"]
+HELD_FILE = "/var/lib/molecule-base/held.json"
+METRICS = "/var/lib/prometheus/node-exporter/stack_held_updates.prom"
+STATE = "/var/lib/stack-held-updates/state.json"
+
+
+def peer_name(host):
+    """The name of the scenario's other container."""
+    name = host.backend.host
+    return name.replace("debian12", "debian13") if name.endswith("debian12") else name.replace("debian13", "debian12")
 
 
 def peer_of(host):
     """The scenario's other container, as a testinfra host."""
-    name = host.backend.host
-    peer = name.replace("debian12", "debian13") if name.endswith("debian12") else name.replace("debian13", "debian12")
-    return testinfra.get_host(f"docker://{peer}")
+    return testinfra.get_host(f"docker://{peer_name(host)}")
 
 
 def address(host):
@@ -162,3 +173,144 @@ def test_unmanaged_rule_is_removed(host, node, playbook):
     assert "item=delete allow 12345/tcp" in out, out[-3000:]
     assert "12345" not in node.check_output("ufw status")
     assert "Status: active" in node.check_output("ufw status")
+
+
+# ------------------------------------------------------------ held updates
+
+# unattended-upgrade's dry run takes 12-40 s per host (it simulates every
+# upgrade): both hosts' runs start with the first test (in the background,
+# before anything below touches apt) and the test that reads them waits.
+# MinimalSteps off (APT_CONFIG, read on top of apt.conf.d) makes it one
+# simulation instead of one per package; which packages it keeps back and
+# why does not depend on it.
+DRY_RUN = ("printf 'Unattended-Upgrade::MinimalSteps \"false\";\\n' > /run/uu-one-step.conf && "
+           "APT_CONFIG=/run/uu-one-step.conf unattended-upgrade --dry-run -d")
+_dry_runs = {}
+
+
+@pytest.fixture(autouse=True)
+def _start_dry_runs(host):
+    for name in (host.backend.host, peer_name(host)):
+        if name not in _dry_runs:
+            log = tempfile.TemporaryFile()  # pylint: disable=consider-using-with  # read by dry_run()
+            _dry_runs[name] = (subprocess.Popen(["docker", "exec", name, "sh", "-c", DRY_RUN],
+                                                stdout=log, stderr=subprocess.STDOUT), log)
+
+
+def dry_run(name):
+    proc, log = _dry_runs[name]
+    rc = proc.wait(timeout=300)
+    log.seek(0)
+    return rc, log.read().decode()
+
+
+def held_package(node):
+    """What prepare.yml chose: {package, installed, candidate}."""
+    return json.loads(node.file(HELD_FILE).content_string)
+
+
+def allowed_upgrades(node):
+    """The upgradable packages (apt list --upgradable) whose new version
+    comes from an origin Debian's 50unattended-upgrades allows: the release
+    and <release>-security, not <release>-updates."""
+    out = node.check_output("apt list --upgradable 2>/dev/null")
+    found = {}
+    for match in re.finditer(r"^([^/\s]+)/(\S+) ", out, re.M):
+        found[match.group(1)] = match.group(2).split(",")
+    return {name for name, archives in found.items() if any(not a.endswith("-updates") for a in archives)}
+
+
+def samples(node):
+    """The metrics file's samples: {name{labels}: value}."""
+    return dict(line.rsplit(" ", 1) for line in node.file(METRICS).content_string.splitlines()
+                if line and not line.startswith("#"))
+
+
+def test_apt_holds_the_servers_and_runs_the_check_after_updates_and_dpkg(host, node):
+    held = held_package(node)["package"]
+    assert node.check_output("apt-config dump Unattended-Upgrade::Package-Blacklist").splitlines() == [
+        'Unattended-Upgrade::Package-Blacklist "";'] + [
+        f'Unattended-Upgrade::Package-Blacklist:: "{p}";' for p in HOLD_DEFAULTS + [re.escape(held) + "$"]]
+    hook = (f"if [ -x /usr/local/sbin/stack-held-updates ]; then /usr/local/sbin/stack-held-updates "
+            f"--state {STATE} --metrics {METRICS} || true; fi")
+    for key in ("APT::Update::Post-Invoke-Success", "DPkg::Post-Invoke"):
+        assert f'{key}:: "{hook}";' in node.check_output(f"apt-config dump {key}").splitlines(), key
+
+
+def test_unattended_upgrade_keeps_the_held_package_back_and_upgrades_the_others(host, node):
+    """Debian 12 (unattended-upgrades 2.9.1) and 13 (2.12) word it alike in a
+    dry run: 'Initial blacklist: ...', 'skipping blacklisted package X', 'pkg X
+    package has been blacklisted', and X missing from 'Packages that will be
+    upgraded: ...' (the 'Package X is blacklisted.' excuse and 'Packages that
+    are kept back:' only come from a real run)."""
+    held = held_package(node)["package"]
+    rc, out = dry_run(host.backend.host)
+    lines = out.splitlines()
+    assert rc == 0, out[-3000:]
+    assert f"Initial blacklist: {' '.join(HOLD_DEFAULTS + [re.escape(held) + '$'])}" in lines, out[:2000]
+    assert f"skipping blacklisted package {held}" in lines and f"pkg {held} package has been blacklisted" in lines
+    upgraded = [line.split(": ", 1)[1].split() for line in lines if line.startswith("Packages that will be upgraded: ")]
+    expected = allowed_upgrades(node) - {held}
+    print(f"held back: {held}; upgraded: {upgraded}")
+    assert expected, f"no other update pending to prove that the rest still upgrades: {allowed_upgrades(node)}"
+    assert upgraded and set(upgraded[0]) == expected, (upgraded, expected)
+
+
+def test_the_metrics_name_the_held_update_and_keep_its_since_time(host, node):
+    """After `apt-get update` (the hook, with state and metrics removed first)
+    the metrics list the held package with its versions and since-time; a
+    second update keeps that time and advances the check time."""
+    held = held_package(node)
+    node.check_output(f"rm -f {METRICS} {STATE}")
+    before = int(time.time()) - 1
+    node.check_output("apt-get update -qq")
+    after = int(time.time()) + 1
+    first = samples(node)
+    name = held["package"]
+    since_key = f'stack_held_update_pending_since_timestamp_seconds{{package="{name}"}}'
+    print(first)
+    assert set(first) == {
+        "stack_held_updates_pending",
+        f'stack_held_update_pending{{package="{name}",installed="{held["installed"]}",candidate="{held["candidate"]}"}}',
+        since_key, "stack_held_updates_last_check_timestamp_seconds"}
+    assert first["stack_held_updates_pending"] == "1"
+    assert before <= int(first[since_key]) <= after
+    metrics = node.file(METRICS)
+    assert metrics.user == "root" and metrics.mode == 0o644
+    # The next whole second, so that the check time must move.
+    time.sleep(max(0.0, int(first["stack_held_updates_last_check_timestamp_seconds"]) + 1.05 - time.time()))
+    node.check_output("apt-get update -qq")
+    second = samples(node)
+    assert second[since_key] == first[since_key]
+    assert int(second["stack_held_updates_last_check_timestamp_seconds"]) > \
+        int(first["stack_held_updates_last_check_timestamp_seconds"])
+    # Written by rename: no temporary file is left beside it.
+    assert node.check_output("ls -A /var/lib/prometheus/node-exporter") == "stack_held_updates.prom"
+
+
+def test_a_failing_check_never_fails_apt(host, node):
+    """The state directory replaced by a file: apt-get update still succeeds
+    and the error goes to apt's output and the journal (the next test's dpkg
+    run makes the directory again)."""
+    node.check_output("rm -rf /var/lib/stack-held-updates && touch /var/lib/stack-held-updates")
+    try:
+        update = node.run("apt-get update -qq")
+        assert update.rc == 0, update.stderr
+        assert "stack-held-updates: checking the held updates failed: FileExistsError" in update.stderr
+        node.check_output("journalctl --sync")
+        journal = node.check_output("journalctl -q -t stack-held-updates --no-pager -n 5")
+        assert "checking the held updates failed: FileExistsError" in journal, journal
+    finally:
+        node.check_output("rm -f /var/lib/stack-held-updates")
+
+
+def test_installing_the_held_update_clears_it(host, node):
+    """What playbooks/update.yml does: the held package upgraded (a dpkg run,
+    the other hook) leaves the state (made again after the previous test
+    removed it) and the metrics."""
+    held = held_package(node)
+    node.check_output(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --only-upgrade {held['package']}")
+    assert node.check_output(f"dpkg-query -W -f '${{Version}}' {held['package']}") == held["candidate"]
+    assert set(samples(node)) == {"stack_held_updates_pending", "stack_held_updates_last_check_timestamp_seconds"}
+    assert samples(node)["stack_held_updates_pending"] == "0"
+    assert json.loads(node.file(STATE).content_string) == {"packages": {}}

@@ -6,6 +6,7 @@ test breaks things and puts them back."""
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -130,11 +131,32 @@ def test_watchdog_reaches_the_dead_mans_switch(host):
     assert "Watchdog" not in firing(host, "team")
 
 
+# What the base role's apt hook writes (roles/base/files/stack_held_updates.py)
+# for an update of PostgreSQL's server package first seen 100 hours ago.
+HELD_METRICS = """# TYPE stack_held_updates_pending gauge
+stack_held_updates_pending 1
+# TYPE stack_held_update_pending gauge
+stack_held_update_pending{{package="postgresql-17",installed="17.12-0+deb13u1",candidate="17.13-0+deb13u1"}} 1
+# TYPE stack_held_update_pending_since_timestamp_seconds gauge
+stack_held_update_pending_since_timestamp_seconds{{package="postgresql-17"}} {since:.0f}
+"""
+HELD_SUMMARY = re.compile(r"An update of postgresql-17 on monitoring-debian13 has been held back from unattended "
+                          r"upgrades for 4d 4h [01]m \d+s: install it with playbooks/update.yml")
+
+
+def summaries(host, alertname):
+    return {a["annotations"]["summary"] for message in received(host, "team") for a in message["alerts"]
+            if a["labels"]["alertname"] == alertname and a["status"] == "firing"}
+
+
 def test_each_alert_fires_and_reaches_the_webhook(host):
     wanted = {"StackPostgresDown", "StackDiskAlmostFull", "StackBackupTooOld", "StackUnitFailed",
-              "StackHttpCheckFailing"}
+              "StackHttpCheckFailing", "StackHeldUpdatesWaiting"}
     assert not wanted & firing(host, "team"), firing(host, "team")
     started = time.time()
+    held = HELD_METRICS.format(since=started - 100 * 3600)
+    host.check_output(f"printf '%s' {shlex.quote(held)} > /var/lib/prometheus/node-exporter/.held.tmp && "
+                      "mv /var/lib/prometheus/node-exporter/.held.tmp /var/lib/prometheus/node-exporter/stack_held_updates.prom")
     host.check_output("systemctl stop postgresql@17-main fakeapp")
     host.check_output("head -c 7900k /dev/zero > /srv/fill/blob")
     host.check_output("mkdir -p /var/lib/backups && printf '%s' "
@@ -150,8 +172,13 @@ def test_each_alert_fires_and_reaches_the_webhook(host):
         card = dom.split("PostgreSQL on monitoring-debian13")[0].rsplit("<div", 1)[-1]
         assert 'data-state="failing"' in card, card
         assert "stacktest-fail.service failed" in dom and "StackDiskAlmostFull" in dom
+        # Names the package, the host and how long (100 h and the seconds to the alert).
+        held_summaries = summaries(host, "StackHeldUpdatesWaiting")
+        print(f"StackHeldUpdatesWaiting: {held_summaries}")
+        assert held_summaries and all(HELD_SUMMARY.fullmatch(s) for s in held_summaries), held_summaries
     finally:
-        host.run("rm -f /srv/fill/blob /var/lib/backups/status.json")
+        host.run("rm -f /srv/fill/blob /var/lib/backups/status.json "
+                 "/var/lib/prometheus/node-exporter/stack_held_updates.prom")
         host.run("systemctl reset-failed stacktest-fail.service")
         host.check_output("systemctl start postgresql@17-main fakeapp")
 

@@ -398,11 +398,14 @@ def prom_values(host, expr):
 def test_the_monitoring_host_scrapes_every_host_over_the_private_network(host):
     """fleet-web (groups web and monitoring) runs Prometheus; every host runs
     its node exporter, the primary and the standby their PostgreSQL exporter,
-    on their private address, open to the monitoring host only."""
+    the app hosts their PgBouncer exporter, on their private address, open
+    to the monitoring host only."""
     wanted = {'count(up{job="node"} == 1)': ["5"], 'count(up{job="postgres"} == 1)': ["2"],
               "count(pg_up == 1)": ["2"], 'count(up{job="caddy"} == 1)': ["1"],
               'count(up{job="app_demo"} == 1)': ["2"], 'probe_success{check="site"}': ["1"],
-              'count(pg_replication_is_replica == 1)': ["1"]}
+              'count(pg_replication_is_replica == 1)': ["1"],
+              # Debian 13's PgBouncer exporter on each app host.
+              'count(up{job="pgbouncer"} == 1)': ["2"], 'count(pgbouncer_up{job="pgbouncer"} == 1)': ["2"]}
     deadline = time.time() + 90
     while time.time() < deadline and any(prom_values(host, q) != v for q, v in wanted.items()):
         time.sleep(3)
@@ -410,6 +413,8 @@ def test_the_monitoring_host_scrapes_every_host_over_the_private_network(host):
     for src, allowed in (("fleet-web", True), ("fleet-app1", False)):
         assert can_connect(node(src), "fleet-db", 9100) is allowed, src
         assert can_connect(node(src), "fleet-db2", 9187) is allowed, src
+    for src, allowed in (("fleet-web", True), ("fleet-db", False)):
+        assert can_connect(node(src), "fleet-app2", 9127) is allowed, src
     db = node("fleet-db")
     assert db.run("systemctl is-active prometheus").stdout.strip() != "active"
     assert db.check_output("systemctl is-active prometheus-node-exporter prometheus-postgres-exporter") == "active\nactive"

@@ -230,6 +230,33 @@ def test_replication_lag_alert_with_promtool(host):
     assert "SUCCESS" in out.stdout + out.stderr
 
 
+def test_pgbouncer_clients_waiting_alert_with_promtool(host):
+    """PgBouncer runs beside the apps (molecule/fleet, molecule/default): the
+    alert for clients waiting for a server connection is proven on the
+    installed rules file, with its default for: 1m. A wait of a pause's
+    length (30 s, a database restart) does not fire it; three minutes do."""
+    series = 'pgbouncer_pools_client_waiting_connections{instance="app1:9127",database="demo",user="demo_app"}'
+    case = {
+        "rule_files": ["/etc/prometheus/stack-rules.yml"],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            "input_series": [{"series": series, "values": "0x4 2x2 0x4 3x12"}],
+            "alert_rule_test": [
+                {"eval_time": "1m30s", "alertname": "StackPgbouncerClientsWaiting", "exp_alerts": []},
+                {"eval_time": "5m", "alertname": "StackPgbouncerClientsWaiting",
+                 "exp_alerts": [{"exp_labels": {"severity": "page", "instance": "app1:9127", "database": "demo"},
+                                 "exp_annotations": {"summary": "3 clients of demo wait for a server connection "
+                                                                "in PgBouncer on app1:9127"}}]},
+            ],
+        }],
+    }
+    host.check_output(f"printf '%s' {shlex.quote(json.dumps(case))} > /var/tmp/pgbouncer-test.yml")
+    out = host.run("promtool test rules /var/tmp/pgbouncer-test.yml")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"monitoring_alert_overrides": {"StackNope": {"for": "1m"}}}, "monitoring_alert_overrides: unknown alert(s) StackNope"),
     ({"monitoring_webhook_urls": ["hooks.example.com/x"]}, "not an http(s) URL: hooks.example.com/x"),

@@ -89,6 +89,7 @@ ${lines}  Status page (user status, password in .cache/sandbox-secrets/status_pa
   Prometheus / Alertmanager (inside the container): docker exec -it $NAME curl -s localhost:9090/api/v1/alerts
   Plain HTTP (redirects to HTTPS):                 http://localhost:$HTTP_PORT/
   PostgreSQL (inside the container, port 9991):    docker exec -it $NAME sudo -u postgres psql -p 9991 demo
+  PgBouncer (the apps' pool, 127.0.0.1:6432):      docker exec -it $NAME pgbouncer-ctl show pools
   Logs:                                            docker exec -it $NAME journalctl -u caddy -u 'demo@*' -f
   Shell:                                           docker exec -it $NAME bash
   Re-run the deployment:                           make sandbox   (a second run changes nothing)

@@ -15,13 +15,14 @@ usual and records again.
       path: /var/lib/stack-state/caddy.json
       stamp: "<digest of the role's inputs and code>"
       files: [/etc/caddy/Caddyfile, ...]
+      trees: [/usr/local/lib/backups]
       units: [caddy.service]
       packages: [caddy]
       commands: [[ufw, status, verbose]]
       record: false
 
 Returns ``unchanged`` (true only when a record exists and both match),
-``differs`` (what differs: ``stamp``, ``file:<path>``, ``unit:<name>``,
+``differs`` (what differs: ``stamp``, ``file:<path>``, ``tree:<path>``, ``unit:<name>``,
 ``package:<name>``, ``command:<n>``, ``no record``) and, with ``record:
 true``, writes the record (root only, 0600) and reports ``changed`` only when
 the record changed. It never changes anything else, and runs in check mode.
@@ -49,7 +50,8 @@ description:
 options:
   path: {description: The record file., type: path, required: true}
   stamp: {description: Digest of the role's inputs and code (the controller computes it)., type: str, required: true}
-  files: {description: Files whose content counts (sha256; missing files count as absent)., type: list, elements: path, default: []}
+  files: {description: Files (content, mode, owner), directories (mode, owner) and links (target) that count., type: list, elements: path, default: []}
+  trees: {description: Directories whose every file counts (content, mode, owner)., type: list, elements: path, default: []}
   units: {description: systemd units whose active, enabled and loaded state counts., type: list, elements: str, default: []}
   packages: {description: Packages whose installed version counts., type: list, elements: str, default: []}
   commands: {description: Read-only commands (argv) whose exit status and output count., type: list, elements: list, default: []}
@@ -61,16 +63,43 @@ UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "Nee
 
 
 def file_digest(path: str) -> str:
+    """sha256 of a file's content with its mode and owner (a directory: its
+    mode and owner; a symbolic link: its target), "absent" when missing."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    meta = f"{info.st_mode & 0o7777:o}:{info.st_uid}:{info.st_gid}"
+    if os.path.islink(path):
+        return f"link:{os.readlink(path)}"
+    if os.path.isdir(path):
+        return f"dir:{meta}"
     try:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 16), b""):
                 digest.update(chunk)
-        return digest.hexdigest()
-    except FileNotFoundError:
-        return "absent"
+        return f"{digest.hexdigest()}:{meta}"
     except OSError as exc:
         return f"unreadable: {exc.strerror}"
+
+
+def tree_digest(root: str) -> str:
+    """One sha256 over every file under a directory (names, contents, modes
+    and owners), "absent" when the directory is missing."""
+    if not os.path.isdir(root):
+        return "absent"
+    digest = hashlib.sha256()
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files + dirs):
+            full = os.path.join(directory, name)
+            if name in dirs and not os.path.islink(full):
+                continue
+            digest.update(os.path.relpath(full, root).encode() + b"\0" + file_digest(full).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def parse_units(output: str, units: list[str]) -> dict[str, str]:
@@ -97,8 +126,9 @@ def parse_packages(output: str, packages: list[str]) -> dict[str, str]:
     return {name: found.get(name, "absent") for name in packages}
 
 
-def fingerprint(files, units, packages, commands, run=subprocess.run) -> dict:
-    out: dict = {"files": {path: file_digest(path) for path in files}}
+def fingerprint(files, units, packages, commands, trees=(), run=subprocess.run) -> dict:
+    out: dict = {"files": {path: file_digest(path) for path in files},
+                 "trees": {path: tree_digest(path) for path in trees}}
     if units:
         proc = run(["systemctl", "show", "-p", ",".join(UNIT_PROPERTIES), "--", *units],
                    capture_output=True, text=True, check=False)
@@ -128,7 +158,7 @@ def differences(record: dict | None, stamp: str, current: dict) -> list[str]:
         return ["no record"]
     diff = [] if record.get("stamp") == stamp else ["stamp"]
     old = record.get("fingerprint") or {}
-    for kind in ("files", "units", "packages"):
+    for kind in ("files", "trees", "units", "packages"):
         before, now = old.get(kind) or {}, current.get(kind) or {}
         for key in sorted(set(before) | set(now)):
             if before.get(key) != now.get(key):
@@ -174,6 +204,7 @@ def main() -> None:  # pragma: no cover - exercised through Ansible
             "path": {"type": "path", "required": True},
             "stamp": {"type": "str", "required": True},
             "files": {"type": "list", "elements": "path", "default": []},
+            "trees": {"type": "list", "elements": "path", "default": []},
             "units": {"type": "list", "elements": "str", "default": []},
             "packages": {"type": "list", "elements": "str", "default": []},
             "commands": {"type": "list", "elements": "list", "default": []},
@@ -182,7 +213,7 @@ def main() -> None:  # pragma: no cover - exercised through Ansible
         supports_check_mode=True,
     )
     params = module.params
-    current = fingerprint(params["files"], params["units"], params["packages"], params["commands"])
+    current = fingerprint(params["files"], params["units"], params["packages"], params["commands"], params["trees"])
     if params["record"]:
         changed = False
         if not module.check_mode:

@@ -56,6 +56,7 @@ def fake_run(outputs):
 def test_nothing_differs_until_a_file_a_unit_a_package_a_command_or_the_stamp_does(tmp_path):
     conf = tmp_path / "app.conf"
     conf.write_text("a = 1\n")
+    conf.chmod(0o644)
     args = ([str(conf), str(tmp_path / "missing")], ["caddy.service"], ["caddy"], [["ufw", "status"]])
     outputs = {"systemctl": SHOW.split("\n\n")[0], "dpkg-query": "caddy\t2.6.2-5\tii \n", "ufw": "Status: active\n"}
     before = state.fingerprint(*args, run=fake_run(outputs))
@@ -67,6 +68,9 @@ def test_nothing_differs_until_a_file_a_unit_a_package_a_command_or_the_stamp_do
     conf.write_text("a = 2\n")
     assert state.differences(record, "s1", state.fingerprint(*args, run=fake_run(outputs))) == [f"file:{conf}"]
     conf.write_text("a = 1\n")
+    conf.chmod(0o666)
+    assert state.differences(record, "s1", state.fingerprint(*args, run=fake_run(outputs))) == [f"file:{conf}"]
+    conf.chmod(0o644)
     stopped = dict(outputs, systemctl=SHOW.split("\n\n")[1])
     assert state.differences(record, "s1", state.fingerprint(*args, run=fake_run(stopped))) == ["unit:caddy.service"]
     updated = dict(outputs, **{"dpkg-query": "caddy\t2.6.2-6\tii \n"})
@@ -99,3 +103,16 @@ def test_the_code_digest_follows_names_and_contents(tmp_path):
     assert second != first
     (tmp_path / "tasks" / "main.yml").rename(tmp_path / "tasks" / "other.yml")
     assert code.tree_digest([str(tmp_path)]) != second
+
+
+def test_a_tree_counts_every_file_under_it(tmp_path):
+    (tmp_path / "lib" / "pkg").mkdir(parents=True)
+    (tmp_path / "lib" / "pkg" / "a.py").write_text("x = 1\n")
+    first = state.tree_digest(str(tmp_path / "lib"))
+    assert state.tree_digest(str(tmp_path / "nope")) == "absent"
+    (tmp_path / "lib" / "pkg" / "b.py").write_text("")
+    assert state.tree_digest(str(tmp_path / "lib")) != first
+    (tmp_path / "lib" / "pkg" / "b.py").unlink()
+    assert state.tree_digest(str(tmp_path / "lib")) == first
+    (tmp_path / "lib" / "pkg" / "a.py").write_text("x = 2\n")
+    assert state.tree_digest(str(tmp_path / "lib")) != first

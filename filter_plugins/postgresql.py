@@ -415,6 +415,16 @@ def tls_sans_match(openssl_line: Any, names: Any, var: str = "postgresql_tls_nam
     return found == set(tls_sans(names, var))
 
 
+def per_database(argv: Any, databases: Any) -> list[list[str]]:
+    """``argv`` once per database, each with ``-d <database>`` appended (a
+    database listed twice runs once)."""
+    if isinstance(argv, str) or not isinstance(argv, Sequence):
+        raise AnsibleFilterError("postgresql_per_database: argv must be a list")
+    if isinstance(databases, str) or not isinstance(databases, Sequence):
+        raise AnsibleFilterError("postgresql_per_database: databases must be a list of names")
+    return [[str(a) for a in argv] + ["-d", str(db)] for db in dict.fromkeys(str(d) for d in databases)]
+
+
 class FilterModule:
     """Ansible filter map for the postgresql role."""
 
@@ -428,4 +438,5 @@ class FilterModule:
             "postgresql_tls_sans_match": tls_sans_match,
             "postgresql_listen_addresses_check": listen_addresses_check,
             "postgresql_memory_check": memory_check,
+            "postgresql_per_database": per_database,
         }

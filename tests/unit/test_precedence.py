@@ -174,6 +174,8 @@ def run_site(tmp: Path, layers: dict[str, dict], *extra: str) -> tuple[subproces
     env = dict(os.environ,
                ANSIBLE_ROLES_PATH=str(_roles_dir(tmp)),
                ANSIBLE_FILTER_PLUGINS=str(REPO / "filter_plugins"),
+               ANSIBLE_LIBRARY=str(REPO / "library"),
+               ANSIBLE_LOOKUP_PLUGINS=str(REPO / "lookup_plugins"),
                ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
                ANSIBLE_NOCOLOR="1",
                PRECEDENCE_OUT=str(out))

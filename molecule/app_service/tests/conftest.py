@@ -81,6 +81,8 @@ def _env() -> dict[str, str]:
     env.update({
         "ANSIBLE_ROLES_PATH": str(PROJECT_DIR / "roles"),
         "ANSIBLE_FILTER_PLUGINS": str(PROJECT_DIR / "filter_plugins"),
+        "ANSIBLE_LIBRARY": str(PROJECT_DIR / "library"),
+        "ANSIBLE_LOOKUP_PLUGINS": str(PROJECT_DIR / "lookup_plugins"),
         "ANSIBLE_PIPELINING": "true",
         "ANSIBLE_NOCOLOR": "true",
         "ANSIBLE_FORCE_COLOR": "false",

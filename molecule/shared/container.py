@@ -55,6 +55,19 @@ def load_recipe() -> dict:
         return yaml.safe_load(handle)
 
 
+def apt_cache_name(platform: dict) -> str:
+    """The host's apt cache: its stack.apt_cache label, or else its own name.
+    A shared (labelled) cache gets the test lane's suffix when scripts/test.sh
+    runs scenarios side by side (STACK_TEST_LANE 2, 3, ...): apt locks its
+    archive and lists directories, so two lanes installing packages at once
+    must not share them."""
+    label = (platform.get("labels") or {}).get(APT_CACHE_LABEL)
+    if not label:
+        return platform["name"]
+    lane = os.environ.get("STACK_TEST_LANE", "")
+    return f"{label}-lane{lane}" if lane not in ("", "1") else label
+
+
 def complete(platform: dict, recipe: dict | None = None, cache: str | None = None) -> dict:
     """A host's full container options: the recipe, the host's cache volumes,
     then the platform's own keys (volumes and tmpfs added, others replacing)."""
@@ -63,7 +76,7 @@ def complete(platform: dict, recipe: dict | None = None, cache: str | None = Non
         raise ValueError(f"platform {platform.get('name')}: {sorted(unknown)} not supported by "
                          f"{RECIPE_FILE.name}'s create step; add them there")
     recipe = recipe or load_recipe()
-    apt = (platform.get("labels") or {}).get(APT_CACHE_LABEL) or platform["name"]
+    apt = apt_cache_name(platform)
     caches = [volume.format(cache=cache or cache_dir(), apt=apt) for volume in recipe["cache_volumes"]]
     spec = {key: value for key, value in recipe.items() if key != "cache_volumes"}
     spec.update({key: value for key, value in platform.items() if key not in ("volumes", "tmpfs")})

@@ -37,6 +37,17 @@ def test_label_names_the_apt_cache_volumes_and_tmpfs_add_other_keys_replace():
     assert spec["tmpfs"][-1] == "/srv/fill:size=8m" and spec["capabilities"] == ["SYS_ADMIN"]
 
 
+def test_a_test_lane_gets_its_own_copy_of_a_shared_apt_cache(monkeypatch):
+    shared = {"name": "h", "image": "i", "labels": {"stack.apt_cache": "debian12"}}
+    own = {"name": "fleet-db", "image": "i"}
+    monkeypatch.setenv("STACK_TEST_LANE", "1")
+    assert container.complete(shared, cache="/c")["volumes"][1] == "/c/apt/debian12/archives:/var/cache/apt/archives:rw"
+    monkeypatch.setenv("STACK_TEST_LANE", "2")
+    assert container.complete(shared, cache="/c")["volumes"][2] == "/c/apt/debian12-lane2/lists:/var/lib/apt/lists:rw"
+    # A host's own cache is its own in every lane.
+    assert container.complete(own, cache="/c")["volumes"][1] == "/c/apt/fleet-db/archives:/var/cache/apt/archives:rw"
+
+
 def test_unknown_platform_keys_are_refused():
     with pytest.raises(ValueError, match="published_ports"):
         container.complete({"name": "h", "image": "i", "published_ports": ["80:80"]})

@@ -599,6 +599,21 @@ def app_metrics_targets(hostvars: Any, groups: Any, me: str, plan: Any) -> list[
             for app in plan if app.get("metrics_path")]
 
 
+def to_converge(pattern: str, groups: dict) -> list[str]:
+    """The hosts of a site.yml play: the union of the groups a
+    colon-separated pattern names (db:app:web), in inventory order, without
+    the hosts the stack role grouped as `stack_unchanged` (a full run on a
+    host where every role it runs is unchanged since its last converge, so
+    the role plays leave it out)."""
+    unchanged = set(groups.get("stack_unchanged") or [])
+    hosts: list[str] = []
+    for name in str(pattern).split(":"):
+        for host in groups.get(name.strip()) or []:
+            if host not in unchanged and host not in hosts:
+                hosts.append(host)
+    return hosts
+
+
 class FilterModule:
     """Stack topology filters."""
 
@@ -624,4 +639,5 @@ class FilterModule:
             "stack_pgbouncer_pool_size": pgbouncer_pool_size,
             "stack_pgbouncer_pools": pgbouncer_pools,
             "stack_caddy_metrics_targets": caddy_metrics_targets,
+            "stack_to_converge": to_converge,
         }

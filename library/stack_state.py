@@ -26,6 +26,12 @@ Returns ``unchanged`` (true only when a record exists and both match),
 ``package:<name>``, ``command:<n>``, ``no record``) and, with ``record:
 true``, writes the record (root only, 0600) and reports ``changed`` only when
 the record changed. It never changes anything else, and runs in check mode.
+
+With ``summary: true`` and ``path`` a directory, it reads every record there
+instead and checks each against the host with the spec the record keeps (its
+files, units, packages and commands): the stack role's first play does this
+once for all roles, and leaves a host whose every role is unchanged out of
+site.yml's role plays (README.md, "No-op runs").
 """
 
 from __future__ import annotations
@@ -49,13 +55,19 @@ description:
     read-only commands, with the record its last converge wrote; with record=true writes that record.
 options:
   path: {description: The record file., type: path, required: true}
-  stamp: {description: Digest of the role's inputs and code (the controller computes it)., type: str, required: true}
+  stamp: {description: Digest of the role's inputs and code (the controller computes it); required unless I(summary)., type: str}
   files: {description: Files (content, mode, owner), directories (mode, owner) and links (target) that count., type: list, elements: path, default: []}
   trees: {description: Directories whose every file counts (content, mode, owner)., type: list, elements: path, default: []}
   units: {description: systemd units whose active, enabled and loaded state counts., type: list, elements: str, default: []}
   packages: {description: Packages whose installed version counts., type: list, elements: str, default: []}
   commands: {description: Read-only commands (argv) whose exit status and output count., type: list, elements: list, default: []}
   record: {description: Write the record instead of comparing., type: bool, default: false}
+  summary:
+    description:
+      - Read every record in the directory I(path) instead, each checked against the host with the files, units,
+        packages and commands it keeps; returns C(records), by path, with the recorded C(stamp) and C(matches).
+    type: bool
+    default: false
 author: webstack maintainers
 """
 
@@ -198,26 +210,63 @@ def write_record(path: str, record: dict) -> bool:
     return True
 
 
+def record_entry(stamp: str, spec: dict, current: dict) -> dict:
+    """What a converge records: its stamp, what it fingerprinted (so that one
+    call can check every role's record at once, records_summary) and the
+    fingerprint."""
+    return {"stamp": stamp, "spec": spec, "fingerprint": current}
+
+
+def records_summary(directory: str, run=subprocess.run) -> dict:
+    """Every record in a directory, each checked against the host with the
+    spec it keeps: {path: {"stamp": ..., "matches": bool, "differs": [...]}}.
+    The stack role reads this once, before any role runs; a role then compares
+    its stamp (computed on the controller) with the recorded one. A record
+    without a spec (written before records kept one) never matches."""
+    out = {}
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json") and not n.startswith("."))
+    except OSError:
+        return out
+    for name in names:
+        path = os.path.join(directory, name)
+        record = read_record(path)
+        spec = (record or {}).get("spec")
+        if not isinstance(spec, dict):
+            out[path] = {"stamp": (record or {}).get("stamp", ""), "matches": False, "differs": ["no spec"]}
+            continue
+        current = fingerprint(spec.get("files") or [], spec.get("units") or [], spec.get("packages") or [],
+                              spec.get("commands") or [], spec.get("trees") or [], run=run)
+        diff = [d for d in differences(record, record.get("stamp", ""), current) if d != "stamp"]
+        out[path] = {"stamp": record.get("stamp", ""), "matches": not diff, "differs": diff}
+    return out
+
+
 def main() -> None:  # pragma: no cover - exercised through Ansible
     module = AnsibleModule(
         argument_spec={
             "path": {"type": "path", "required": True},
-            "stamp": {"type": "str", "required": True},
+            "stamp": {"type": "str"},
             "files": {"type": "list", "elements": "path", "default": []},
             "trees": {"type": "list", "elements": "path", "default": []},
             "units": {"type": "list", "elements": "str", "default": []},
             "packages": {"type": "list", "elements": "str", "default": []},
             "commands": {"type": "list", "elements": "list", "default": []},
             "record": {"type": "bool", "default": False},
+            "summary": {"type": "bool", "default": False},
         },
+        required_if=[("summary", False, ("stamp",))],
         supports_check_mode=True,
     )
     params = module.params
+    if params["summary"]:
+        module.exit_json(changed=False, records=records_summary(params["path"]))
     current = fingerprint(params["files"], params["units"], params["packages"], params["commands"], params["trees"])
     if params["record"]:
         changed = False
         if not module.check_mode:
-            changed = write_record(params["path"], {"stamp": params["stamp"], "fingerprint": current})
+            spec = {key: params[key] for key in ("files", "trees", "units", "packages", "commands")}
+            changed = write_record(params["path"], record_entry(params["stamp"], spec, current))
         module.exit_json(changed=changed, unchanged=True, differs=[])
     diff = differences(read_record(params["path"]), params["stamp"], current)
     module.exit_json(changed=False, unchanged=not diff, differs=diff)

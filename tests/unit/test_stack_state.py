@@ -116,3 +116,26 @@ def test_a_tree_counts_every_file_under_it(tmp_path):
     assert state.tree_digest(str(tmp_path / "lib")) == first
     (tmp_path / "lib" / "pkg" / "a.py").write_text("x = 2\n")
     assert state.tree_digest(str(tmp_path / "lib")) != first
+
+
+def test_one_summary_checks_every_record_with_the_spec_it_keeps(tmp_path):
+    conf = tmp_path / "app.conf"
+    conf.write_text("a = 1\n")
+    run = fake_run({"systemctl": "LoadState=loaded\nActiveState=active\n", "dpkg-query": "caddy\t2.6\tii \n"})
+    spec = {"files": [str(conf)], "trees": [], "units": ["caddy.service"], "packages": ["caddy"], "commands": []}
+    current = state.fingerprint(spec["files"], spec["units"], spec["packages"], spec["commands"], run=run)
+    records = tmp_path / "records"
+    state.write_record(str(records / "caddy.json"), state.record_entry("s1", spec, current))
+    state.write_record(str(records / "old.json"), {"stamp": "s2", "fingerprint": current})
+    summary = state.records_summary(str(records), run=run)
+    assert summary[str(records / "caddy.json")] == {"stamp": "s1", "matches": True, "differs": []}
+    # A record written before records kept their spec never matches.
+    assert summary[str(records / "old.json")]["matches"] is False
+    conf.write_text("a = 2\n")
+    changed = state.records_summary(str(records), run=run)[str(records / "caddy.json")]
+    assert changed["matches"] is False and changed["differs"] == [f"file:{conf}"]
+    stopped = fake_run({"systemctl": "LoadState=loaded\nActiveState=inactive\n", "dpkg-query": "caddy\t2.6\tii \n"})
+    conf.write_text("a = 1\n")
+    assert state.records_summary(str(records), run=stopped)[str(records / "caddy.json")]["differs"] == [
+        "unit:caddy.service"]
+    assert state.records_summary(str(tmp_path / "nowhere"), run=run) == {}

@@ -358,3 +358,11 @@ def test_the_pgbouncer_exporter_is_scraped_and_opened_where_it_runs():
     assert opened("app1") == {9100, 9127}
     assert opened("app2") == {9100}
     assert opened("db1") == {9100, 9187}
+
+
+def test_the_role_plays_leave_out_only_the_hosts_grouped_unchanged():
+    groups = {"db": ["db1", "db2"], "app": ["app1", "db1"], "web": ["web1"], "stack_unchanged": ["db2", "web1"]}
+    assert stack.to_converge("db:app:web", groups) == ["db1", "app1"]
+    assert stack.to_converge("db_replica:web", groups) == []
+    # No host unchanged (the group does not exist): every host of the pattern.
+    assert stack.to_converge("db:app", {"db": ["db1"], "app": ["app1"]}) == ["db1", "app1"]

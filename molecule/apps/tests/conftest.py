@@ -100,7 +100,8 @@ def current_release(host, app: str) -> str:
 
 
 def freeze(host, release_dir: str) -> list[str]:
-    return host.check_output(f"{release_dir}/.venv/bin/python -m pip freeze").splitlines()
+    # A release's virtualenv has no pip (uv builds it): the role's uv reads it.
+    return host.check_output(f"/opt/app_service/uv-*/bin/uv pip freeze --python {release_dir}/.venv/bin/python").splitlines()
 
 
 def normalize(requirement: str) -> str:

@@ -127,6 +127,9 @@ def _roles_dir(tmp: Path) -> Path:
     """The real roles with their task bodies replaced by the recorder."""
     roles = tmp / "roles"
     roles.mkdir()
+    # A role's stamp digests its code with the plugins beside roles/.
+    for part in ("filter_plugins", "library"):
+        (tmp / part).symlink_to(REPO / part)
     (roles / "stack").symlink_to(REPO / "roles" / "stack")
     for role in ROLES + OTHER_ROLES:
         src, dest = REPO / "roles" / role, roles / role
@@ -141,13 +144,20 @@ def _roles_dir(tmp: Path) -> Path:
             (dest / "tasks" / "ca.yml").write_text(
                 "---\n- name: Stand in for the CA\n  ansible.builtin.set_fact:\n"
                 "    postgresql_tls_ca_certificate: \"-----BEGIN CERTIFICATE-----\\nstub\\n\"\n")
-        # The real input checks, except where they need a host tool
-        # (backups runs systemd-analyze) that a CI machine may lack.
-        if role == "backups":
-            (dest / "tasks" / "validate.yml").write_text("---\n[]\n")
-        else:
-            for part in (src / "tasks").glob("validate*.yml"):
-                (dest / "tasks" / part.name).symlink_to(part)
+        # The real validate entry points and input checks (and what they
+        # include: app_service derives a dir source's release id), except
+        # where the checks need a host tool (backups runs systemd-analyze)
+        # that a CI machine may lack.
+        for pattern in ("validate*.yml", "checks*.yml", "source_dir.yml"):
+            for part in (src / "tasks").glob(pattern):
+                if role == "backups" and part.name == "checks.yml":
+                    (dest / "tasks" / part.name).write_text("---\n[]\n")
+                elif part.name == "source_dir.yml":  # the inventory's source is not on disk
+                    (dest / "tasks" / part.name).write_text(
+                        "---\n- name: Stand in for the release id\n  ansible.builtin.set_fact:\n"
+                        "    __app_service_release_id: stub\n")
+                else:
+                    (dest / "tasks" / part.name).symlink_to(part)
     return roles
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -41,6 +42,38 @@ def test_check_mode_reports_no_changes(host):
     counts = recap(out)
     assert rc == 0, out[-4000:]
     assert counts and all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
+
+
+def _role_plays(out: str) -> tuple[int, int]:
+    """(plays after the stack's first one, those of them that matched no host)."""
+    plays = re.split(r"^PLAY \[", out, flags=re.M)[2:]
+    return len(plays), sum(1 for play in plays if "skipping: no hosts matched" in play.split("\n", 3)[1])
+
+
+def test_plain_rerun_skips_the_role_plays_and_a_hand_edit_heals(host):
+    """A full run where nothing differs from the records runs the first play
+    only (README, "No-op runs"); a pg_hba.conf edited by hand (and loaded)
+    makes the host differ, and the next plain run puts the file back and
+    reloads it; the run after that is a no-op again."""
+    rc, out = run_playbook("playbooks/site.yml")
+    plays, skipped = _role_plays(out)
+    assert rc == 0 and recap(out)["stack-default"]["changed"] == 0, out[-4000:]
+    assert plays >= 7 and skipped == plays and "TASK [postgresql" not in out, (plays, skipped)
+
+    hba = host.check_output("ls /etc/postgresql/*/main/pg_hba.conf")
+    no_password = ("runuser -u postgres -- env -u PGPASSWORD psql -X -w -h 127.0.0.1 -p 9991 "
+                   "-U demo_app -d demo -tAc 'SELECT 1'")
+    assert host.run(no_password).rc != 0
+    host.check_output(f"sed -i '1i host all all 0.0.0.0/0 trust' {hba} && pg_ctlcluster $(ls /etc/postgresql) main reload")
+    assert host.run(no_password).stdout.strip() == "1"
+    rc, out = run_playbook("playbooks/site.yml")
+    assert rc == 0 and recap(out)["stack-default"]["changed"] > 0, out[-4000:]
+    assert "trust" not in host.file(hba).content_string
+    assert host.run(no_password).rc != 0
+
+    rc, out = run_playbook("playbooks/site.yml")
+    plays, skipped = _role_plays(out)
+    assert rc == 0 and recap(out)["stack-default"]["changed"] == 0 and skipped == plays, out[-4000:]
 
 
 def test_backup_playbook_produces_a_verified_backup(host):

@@ -78,8 +78,8 @@ def test_ports_from_the_peer(host, node):
     9992 (open only to 198.51.100.0/24) and 9993 (no rule) time out.
     """
     ports = " ".join(str(p) for p in PORTS if p != 22)
-    # A throw-away listener per port (sshd is not installed in the image, so
-    # 22 gets one too when free), gone after 60 s.
+    # A throw-away listener per free port (sshd has 22 here: prepare.yml
+    # installs it), gone after 60 s.
     listeners = node.run(
         f"for p in {ports} 22; do (ss -Hltn \"sport = :$p\" | grep -q . || "
         "setsid timeout 60 python3 -c 'import socket,sys;s=socket.socket();"
@@ -106,7 +106,8 @@ def test_deploy_user_key_and_sudo(host, node):
     assert node.check_output("passwd -S deploy").split()[1] == "L"
     keys = node.file("/home/deploy/.ssh/authorized_keys")
     assert keys.user == "deploy" and keys.mode == 0o600
-    assert keys.content_string.strip().splitlines() == VARS["base_deploy_authorized_keys"]
+    controller = open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ssh_key.pub")).read().strip()
+    assert keys.content_string.strip().splitlines() == VARS["molecule_deploy_keys"] + [controller]
     assert node.file("/home/deploy/.ssh").mode == 0o700
     assert node.run("visudo -c").rc == 0
     sudoers = node.file("/etc/sudoers.d/50-deploy")

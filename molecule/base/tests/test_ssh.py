@@ -1,0 +1,93 @@
+"""SSH as users reach a VPS: the converge (through `docker exec`) locked
+sshd down; the controller's key gets in as deploy with sudo, root and
+passwords are refused; a run over SSH as deploy changes nothing; and a first
+run as root over SSH turns root login off only after it proved the deploy
+user's login, refusing (sshd untouched) when that login fails."""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+
+SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DROPIN = "/etc/ssh/sshd_config.d/01-base.conf"
+KEY = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "ssh_key")
+OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+        "-o", "LogLevel=ERROR"]
+
+
+def address(node):
+    return node.check_output("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1")
+
+
+def ssh(ip, user, *command, auth=("-o", "BatchMode=yes", "-i", KEY)):
+    return subprocess.run(["ssh", *OPTS, *auth, f"{user}@{ip}", *command],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def over_ssh(host, ip, user, *args, tmp):
+    """converge.yml against this host over SSH as `user`, from Molecule's
+    inventory with this host's connection changed (in the inventory, not
+    with -e: extra vars would also send the tasks delegated to localhost
+    over SSH); returns (rc, output, changed)."""
+    with open(os.environ["MOLECULE_INVENTORY_FILE"], encoding="utf-8") as handle:
+        inventory = yaml.safe_load(handle)
+    # Molecule's groups alias the same mapping of the host's variables.
+    inventory["all"]["hosts"][host.backend.host].update({
+        "ansible_connection": "ssh", "ansible_host": ip, "ansible_user": user,
+        "ansible_ssh_private_key_file": KEY, "ansible_ssh_common_args": " ".join(OPTS)})
+    path = tmp / f"ssh-{user}.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    cmd = ["ansible-playbook", "-i", str(path), "--limit", host.backend.host, "--become",
+           os.path.join(SCENARIO_DIR, "converge.yml"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    out = proc.stdout + proc.stderr
+    recap = re.findall(rf"^{re.escape(host.backend.host)}\s+:.*changed=(\d+)", out, re.M)
+    return proc.returncode, out, int(recap[-1]) if recap else None
+
+
+@pytest.fixture
+def ip(node):
+    return address(node)
+
+
+def test_sshd_is_locked_down_and_the_deploy_user_gets_in(node, ip):
+    effective = node.check_output("sshd -T")
+    for line in ("permitrootlogin no", "passwordauthentication no", "kbdinteractiveauthentication no",
+                 "x11forwarding no", "maxauthtries 3"):
+        assert line in effective.splitlines(), line
+    root = ssh(ip, "root", "true")
+    assert root.returncode == 255 and "Permission denied" in root.stderr, root
+    deploy = ssh(ip, "deploy", "sudo", "-n", "id", "-un")
+    assert deploy.returncode == 0 and deploy.stdout.strip() == "root", deploy
+    # The server offers no password method at all.
+    password = ssh(ip, "deploy", "true", auth=("-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no"))
+    assert password.returncode == 255 and "Permission denied (publickey)" in password.stderr, password
+
+
+def test_a_run_over_ssh_as_deploy_changes_nothing(host, ip, tmp_path):
+    rc, out, changed = over_ssh(host, ip, "deploy", tmp=tmp_path)
+    assert rc == 0 and changed == 0, out[-3000:]
+
+
+def test_a_first_run_as_root_locks_root_out_only_after_proving_the_deploy_login(host, node, ip, tmp_path):
+    # As a fresh VPS: root logs in with its key (the base drop-in removed).
+    node.check_output(f"rm -f {DROPIN} && systemctl reload ssh")
+    assert ssh(ip, "root", "true").returncode == 0
+
+    # deploy without the controller's key: the proof fails, sshd is untouched.
+    vars_yml = os.path.join(SCENARIO_DIR, "vars.yml")
+    fixed = [line.strip()[2:] for line in open(vars_yml) if line.strip().startswith("- ssh-ed25519")]
+    rc, out, _ = over_ssh(host, ip, "root", "-e", json.dumps({"base_deploy_authorized_keys": fixed}), tmp=tmp_path)
+    assert rc != 0 and "base_ssh_permit_root_login: no would lock this run out" in out, out[-3000:]
+    assert not node.file(DROPIN).exists
+    assert ssh(ip, "root", "true").returncode == 0
+
+    # The README's first run: as root, the controller's key in the inventory.
+    rc, out, changed = over_ssh(host, ip, "root", tmp=tmp_path)
+    assert rc == 0 and changed > 0, out[-3000:]
+    assert ssh(ip, "root", "true").returncode == 255
+    assert ssh(ip, "deploy", "sudo", "-n", "true").returncode == 0

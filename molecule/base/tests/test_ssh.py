@@ -1,10 +1,8 @@
-"""SSH as users reach a VPS: the converge (through `docker exec`) locked
-sshd down; the controller's key gets in as deploy with sudo, root and
-passwords are refused; a run over SSH as deploy changes nothing; and a first
-run as root over SSH turns root login off only after it proved the deploy
-user's login, refusing (sshd untouched) when that login fails."""
+"""SSH as users reach a VPS, on both releases: the converge (through
+`docker exec`) locked sshd down; the controller's key gets in as deploy with
+sudo, root and passwords are refused; a run over SSH as deploy changes
+nothing. The first run as root: test_ssh_first_run.py."""
 
-import json
 import os
 import re
 import subprocess
@@ -80,24 +78,3 @@ def test_sshd_is_locked_down_and_the_deploy_user_gets_in(node, ip):
 def test_a_run_over_ssh_as_deploy_changes_nothing(host, ip, tmp_path):
     rc, out, changed = over_ssh(host, ip, "deploy", tmp=tmp_path)
     assert rc == 0 and changed == 0, out[-3000:]
-
-
-def test_a_first_run_as_root_locks_root_out_only_after_proving_the_deploy_login(host, node, ip, tmp_path):
-    # As a fresh VPS: root logs in with its key (the base drop-in removed).
-    node.check_output(f"rm -f {DROPIN} && systemctl reload ssh")
-    wait_for_sshd(node)
-    assert ssh(ip, "root", "true").returncode == 0
-
-    # deploy without the controller's key: the proof fails, sshd is untouched.
-    vars_yml = os.path.join(SCENARIO_DIR, "vars.yml")
-    fixed = [line.strip()[2:] for line in open(vars_yml) if line.strip().startswith("- ssh-ed25519")]
-    rc, out, _ = over_ssh(host, ip, "root", "-e", json.dumps({"base_deploy_authorized_keys": fixed}), tmp=tmp_path)
-    assert rc != 0 and "base_ssh_permit_root_login: no would lock this run out" in out, out[-3000:]
-    assert not node.file(DROPIN).exists
-    assert ssh(ip, "root", "true").returncode == 0
-
-    # The README's first run: as root, the controller's key in the inventory.
-    rc, out, changed = over_ssh(host, ip, "root", tmp=tmp_path)
-    assert rc == 0 and changed > 0, out[-3000:]
-    assert refused(ssh(ip, "root", "true"))
-    assert ssh(ip, "deploy", "sudo", "-n", "true").returncode == 0

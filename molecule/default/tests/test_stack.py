@@ -50,16 +50,12 @@ def _role_plays(out: str) -> tuple[int, int]:
     return len(plays), sum(1 for play in plays if "skipping: no hosts matched" in play.split("\n", 3)[1])
 
 
-def test_plain_rerun_skips_the_role_plays_and_a_hand_edit_heals(host):
-    """A full run where nothing differs from the records runs the first play
-    only (README, "No-op runs"); a pg_hba.conf edited by hand (and loaded)
-    makes the host differ, and the next plain run puts the file back and
-    reloads it; the run after that is a no-op again."""
-    rc, out = run_playbook("playbooks/site.yml")
-    plays, skipped = _role_plays(out)
-    assert rc == 0 and recap(out)["stack-default"]["changed"] == 0, out[-4000:]
-    assert plays >= 7 and skipped == plays and "TASK [postgresql" not in out, (plays, skipped)
-
+def test_a_hand_edit_heals_and_the_next_plain_run_skips_the_role_plays(host):
+    """A pg_hba.conf edited by hand (and loaded) makes the host differ from
+    the records: the next plain run puts the file back and reloads it. The
+    run after that finds nothing that differs and runs the first play only
+    (README, "No-op runs"). (test_database_events.py ran update.yml before:
+    the first run also settles what that changed.)"""
     hba = host.check_output("ls /etc/postgresql/*/main/pg_hba.conf")
     no_password = ("runuser -u postgres -- env -u PGPASSWORD psql -X -w -h 127.0.0.1 -p 9991 "
                    "-U demo_app -d demo -tAc 'SELECT 1'")
@@ -73,7 +69,8 @@ def test_plain_rerun_skips_the_role_plays_and_a_hand_edit_heals(host):
 
     rc, out = run_playbook("playbooks/site.yml")
     plays, skipped = _role_plays(out)
-    assert rc == 0 and recap(out)["stack-default"]["changed"] == 0 and skipped == plays, out[-4000:]
+    assert rc == 0 and recap(out)["stack-default"]["changed"] == 0, out[-4000:]
+    assert plays >= 7 and skipped == plays and "TASK [postgresql" not in out, (plays, skipped, out[-4000:])
 
 
 def test_backup_playbook_produces_a_verified_backup(host):

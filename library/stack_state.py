@@ -32,6 +32,12 @@ instead and checks each against the host with the spec the record keeps (its
 files, units, packages and commands): the stack role's first play does this
 once for all roles, and leaves a host whose every role is unchanged out of
 site.yml's role plays (README.md, "No-op runs").
+
+With ``refresh: [record paths]`` it fingerprints each of those records again
+with the spec it keeps and rewrites it with its stamp: site.yml's last play
+does this for the roles that converged in the run, so what a later role of
+the same run changed in an earlier role's fingerprint (the app's migrations
+in the database's catalog) is the state the next run compares with.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ description:
   - Compares a stamp of the role's inputs and code, and a fingerprint of its files, units, packages and
     read-only commands, with the record its last converge wrote; with record=true writes that record.
 options:
-  path: {description: The record file., type: path, required: true}
+  path: {description: The record file (with I(summary), the directory of the records); required unless I(refresh)., type: path}
   stamp: {description: Digest of the role's inputs and code (the controller computes it); required unless I(summary)., type: str}
   files: {description: Files (content, mode, owner), directories (mode, owner) and links (target) that count., type: list, elements: path, default: []}
   trees: {description: Directories whose every file counts (content, mode, owner)., type: list, elements: path, default: []}
@@ -68,6 +74,14 @@ options:
         packages and commands it keeps; returns C(records), by path, with the recorded C(stamp) and C(matches).
     type: bool
     default: false
+  refresh:
+    description:
+      - Record files to fingerprint again with the spec each keeps, keeping its stamp (a missing record or one
+        without a spec is left alone); reports C(changed) false (a record is a cache, not configuration) and
+        C(refreshed), the paths rewritten.
+    type: list
+    elements: path
+    default: []
 author: webstack maintainers
 """
 
@@ -242,10 +256,26 @@ def records_summary(directory: str, run=subprocess.run) -> dict:
     return out
 
 
+def refresh_records(paths, run=subprocess.run) -> list[str]:
+    """Fingerprint each record again with its own spec and rewrite it with
+    its stamp; the paths whose record changed."""
+    rewritten = []
+    for path in paths:
+        record = read_record(path)
+        spec = (record or {}).get("spec")
+        if not isinstance(spec, dict):
+            continue
+        current = fingerprint(spec.get("files") or [], spec.get("units") or [], spec.get("packages") or [],
+                              spec.get("commands") or [], spec.get("trees") or [], run=run)
+        if write_record(path, record_entry(record.get("stamp", ""), spec, current)):
+            rewritten.append(path)
+    return rewritten
+
+
 def main() -> None:  # pragma: no cover - exercised through Ansible
     module = AnsibleModule(
         argument_spec={
-            "path": {"type": "path", "required": True},
+            "path": {"type": "path"},
             "stamp": {"type": "str"},
             "files": {"type": "list", "elements": "path", "default": []},
             "trees": {"type": "list", "elements": "path", "default": []},
@@ -254,11 +284,15 @@ def main() -> None:  # pragma: no cover - exercised through Ansible
             "commands": {"type": "list", "elements": "list", "default": []},
             "record": {"type": "bool", "default": False},
             "summary": {"type": "bool", "default": False},
+            "refresh": {"type": "list", "elements": "path", "default": []},
         },
-        required_if=[("summary", False, ("stamp",))],
         supports_check_mode=True,
     )
     params = module.params
+    if params["refresh"]:
+        module.exit_json(changed=False, refreshed=[] if module.check_mode else refresh_records(params["refresh"]))
+    if not params["path"] or not (params["summary"] or params["stamp"]):
+        module.fail_json(msg="stack_state: path, and stamp unless summary, are required unless refresh is given")
     if params["summary"]:
         module.exit_json(changed=False, records=records_summary(params["path"]))
     current = fingerprint(params["files"], params["units"], params["packages"], params["commands"], params["trees"])

@@ -139,3 +139,24 @@ def test_one_summary_checks_every_record_with_the_spec_it_keeps(tmp_path):
     assert state.records_summary(str(records), run=stopped)[str(records / "caddy.json")]["differs"] == [
         "unit:caddy.service"]
     assert state.records_summary(str(tmp_path / "nowhere"), run=run) == {}
+
+
+def test_a_refresh_keeps_the_stamp_and_takes_what_a_later_role_changed(tmp_path):
+    conf = tmp_path / "catalog"
+    conf.write_text("tables: 1\n")
+    run = fake_run({"systemctl": "", "dpkg-query": ""})
+    spec = {"files": [str(conf)], "trees": [], "units": [], "packages": [], "commands": []}
+    records = tmp_path / "records"
+    path = str(records / "postgresql.json")
+    state.write_record(path, state.record_entry("s1", spec, state.fingerprint([str(conf)], [], [], [], run=run)))
+    state.write_record(str(records / "old.json"), {"stamp": "s2", "fingerprint": {}})
+    # A later role of the same run (the app's migrations) changes what this one fingerprints.
+    conf.write_text("tables: 2\n")
+    assert state.records_summary(str(records), run=run)[path]["differs"] == [f"file:{conf}"]
+    refreshed = state.refresh_records([path, str(records / "old.json"), str(records / "missing.json")], run=run)
+    assert refreshed == [path]
+    assert state.read_record(path)["stamp"] == "s1"
+    assert state.records_summary(str(records), run=run)[path] == {"stamp": "s1", "matches": True, "differs": []}
+    # Nothing to rewrite the second time; a record without a spec is left as it was.
+    assert state.refresh_records([path], run=run) == []
+    assert state.read_record(str(records / "old.json")) == {"stamp": "s2", "fingerprint": {}}

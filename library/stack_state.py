@@ -23,7 +23,9 @@ usual and records again.
 
 Returns ``unchanged`` (true only when a record exists and both match),
 ``differs`` (what differs: ``stamp``, ``file:<path>``, ``tree:<path>``, ``unit:<name>``,
-``package:<name>``, ``command:<n>``, ``no record``) and, with ``record:
+``package:<name>``, ``command:<n>``, ``no record``), ``recorded_stamp`` (the
+record's stamp: a role whose stamp has parts can tell which part differs)
+and, with ``record:
 true``, writes the record (root only, 0600) and reports ``changed`` only when
 the record changed. It never changes anything else, and runs in check mode.
 
@@ -302,8 +304,9 @@ def main() -> None:  # pragma: no cover - exercised through Ansible
             spec = {key: params[key] for key in ("files", "trees", "units", "packages", "commands")}
             changed = write_record(params["path"], record_entry(params["stamp"], spec, current))
         module.exit_json(changed=changed, unchanged=True, differs=[])
-    diff = differences(read_record(params["path"]), params["stamp"], current)
-    module.exit_json(changed=False, unchanged=not diff, differs=diff)
+    record = read_record(params["path"])
+    diff = differences(record, params["stamp"], current)
+    module.exit_json(changed=False, unchanged=not diff, differs=diff, recorded_stamp=(record or {}).get("stamp", ""))
 
 
 if __name__ == "__main__":

@@ -144,11 +144,16 @@ def test_prometheus_scrapes_the_site_caddy_the_app_and_postgresql(host):
     assert host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:2020/") == "404"
 
 
-def test_redeploy_while_serving_loses_no_request(host, tmp_path):
+def test_redeploy_as_deploy_over_ssh_loses_no_request(host, tmp_path):
+    """The README's redeploy: over SSH as the inventory's deploy (converge.yml
+    wrote that inventory), with Mitogen, sudo for become."""
     source = new_release_source(tmp_path, "redeploy-v2")
+    ssh_inventory = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ssh", "inventory.yml")
+    assert "ansible_user: deploy" in open(ssh_inventory, encoding="utf-8").read()
     assert_redeploy_loses_no_request(
         host, lambda: {"demo": get(host, "/health")[1]["release"]}, {"redeploy-v2": "/health"},
-        "-e", f"stack_app_source_path={source}")
+        "-e", f"stack_app_source_path={source}",
+        redeploy=lambda *extra: run_playbook("playbooks/redeploy.yml", *extra, inventory=ssh_inventory))
 
 
 def test_restart_app_tag_loses_no_request(host):

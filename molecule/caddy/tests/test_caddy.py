@@ -1,5 +1,6 @@
 """Behaviour of the caddy role, proven from outside the proxy (curl inside the container)."""
 
+import hashlib
 import json
 import os
 import re
@@ -175,7 +176,12 @@ def test_known_good_copies_match_the_live_files_and_keep_secrets_private(host):
     raw = host.file("/etc/caddy/known-good/settings.json").content_string
     record = json.loads(raw)
     assert record["caddy_https_port"] == 443 and record["caddy_http_port"] == 80
-    assert [site["address"] for site in record["caddy_sites"]] == ["api.test", "www.test"]
+    assert [site["address"] for site in record["caddy_sites"]] == [
+        "api.test", "www.test", f"{host.backend.hostname}.stack.test"]
+    assert record["caddy_acme_ca"] == "https://acme.stack.test:14000/dir"
+    # A digest of the certificate (the PEM text, trimmed), never a path.
+    pem = host.file("/etc/caddy/acme-ca-root.pem").content_string.strip()
+    assert record["caddy_acme_ca_root"] == hashlib.sha256(pem.encode()).hexdigest()
     assert record["caddy_environment"]["CADDY_TEST_TOKEN"].startswith("sha256:")
     assert "not-a-real-secret" not in raw
     print(f"\n[caddy known-good] {host.backend.hostname}: Caddyfile.good sha256 {good.sha256sum} = live; "

@@ -37,11 +37,24 @@ def test_database_port_is_local_only(host):
     assert "0.0.0.0:9991" not in listeners and "*:9991" not in listeners
 
 
+def ssh_inventory() -> str:
+    """The inventory converge.yml wrote: this host over SSH as deploy."""
+    path = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ssh", "inventory.yml")
+    assert "ansible_user: deploy" in open(path, encoding="utf-8").read()
+    return path
+
+
 def test_check_mode_reports_no_changes(host):
-    rc, out = run_playbook("playbooks/site.yml", "--check", "--diff")
+    """--check --diff as the README's user runs it (over SSH as deploy), with
+    every role play run (stack_skip_unchanged: false): each role's own check
+    and its check-mode path, not only the first play."""
+    rc, out = run_playbook("playbooks/site.yml", "--check", "--diff", "-e", "stack_skip_unchanged=false",
+                           inventory=ssh_inventory())
     counts = recap(out)
     assert rc == 0, out[-4000:]
     assert counts and all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
+    plays, skipped = _role_plays(out)
+    assert plays >= 7 and skipped <= 1, (plays, skipped)  # only the standbys' play matches no host
 
 
 def _role_plays(out: str) -> tuple[int, int]:
@@ -148,12 +161,10 @@ def test_redeploy_as_deploy_over_ssh_loses_no_request(host, tmp_path):
     """The README's redeploy: over SSH as the inventory's deploy (converge.yml
     wrote that inventory), with Mitogen, sudo for become."""
     source = new_release_source(tmp_path, "redeploy-v2")
-    ssh_inventory = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ssh", "inventory.yml")
-    assert "ansible_user: deploy" in open(ssh_inventory, encoding="utf-8").read()
     assert_redeploy_loses_no_request(
         host, lambda: {"demo": get(host, "/health")[1]["release"]}, {"redeploy-v2": "/health"},
         "-e", f"stack_app_source_path={source}",
-        redeploy=lambda *extra: run_playbook("playbooks/redeploy.yml", *extra, inventory=ssh_inventory))
+        redeploy=lambda *extra: run_playbook("playbooks/redeploy.yml", *extra, inventory=ssh_inventory()))
 
 
 def test_restart_app_tag_loses_no_request(host):

@@ -24,7 +24,8 @@ usual and records again.
 Returns ``unchanged`` (true only when a record exists and both match),
 ``differs`` (what differs: ``stamp``, ``file:<path>``, ``tree:<path>``, ``unit:<name>``,
 ``package:<name>``, ``command:<n>``, ``no record``), ``recorded_stamp`` (the
-record's stamp: a role whose stamp has parts can tell which part differs)
+record's stamp) and ``stamp`` (the one given: a role whose stamp has parts
+can tell which part differs without computing it again)
 and, with ``record:
 true``, writes the record (root only, 0600) and reports ``changed`` only when
 the record changed. It never changes anything else, and runs in check mode.
@@ -306,7 +307,8 @@ def main() -> None:  # pragma: no cover - exercised through Ansible
         module.exit_json(changed=changed, unchanged=True, differs=[])
     record = read_record(params["path"])
     diff = differences(record, params["stamp"], current)
-    module.exit_json(changed=False, unchanged=not diff, differs=diff, recorded_stamp=(record or {}).get("stamp", ""))
+    module.exit_json(changed=False, unchanged=not diff, differs=diff, recorded_stamp=(record or {}).get("stamp", ""),
+                     stamp=params["stamp"])
 
 
 if __name__ == "__main__":

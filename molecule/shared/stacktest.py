@@ -33,6 +33,57 @@ def run_playbook(playbook: str, *args: str, inventory: str | None = None) -> tup
     return proc.returncode, proc.stdout + proc.stderr
 
 
+class Background:
+    """ansible-playbook started in its own process group (so a kill takes
+    its workers and connections too, as a closed laptop lid does), its
+    output in a file."""
+
+    def __init__(self, playbook: str, *args: str, inventory: str | None = None, out: Path) -> None:
+        path = playbook if os.path.isabs(playbook) else str(REPO / playbook)
+        self.out = out
+        with open(out, "w", encoding="utf-8") as handle:
+            self.proc = subprocess.Popen(
+                ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], path, *args],
+                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        os.killpg(self.pid, sig)
+
+    def kill(self) -> str:
+        """SIGKILL the whole group; returns the output so far."""
+        with contextlib.suppress(ProcessLookupError):
+            self.signal(9)
+        self.proc.wait(timeout=60)
+        return self.output()
+
+    def wait(self, timeout: int = 900) -> tuple[int, str]:
+        return self.proc.wait(timeout=timeout), self.output()
+
+    def output(self) -> str:
+        return self.out.read_text(encoding="utf-8", errors="replace")
+
+
+def lock_holder(host, app: str) -> dict:
+    """The holder.json of an app's deploy lock on `host` ({} when unlocked)."""
+    out = host.run("cat /run/lock/app_service-%s.lock/holder.json", app)
+    return json.loads(out.stdout) if out.rc == 0 and out.stdout.strip() else {}
+
+
+def wait_for_holder(host, app: str, run: Background, phase: str, timeout: int = 600) -> dict:
+    """Wait until `run` holds the app's deploy lock in `phase`; fails when the
+    run ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        holder = lock_holder(host, app)
+        if holder.get("pid") == run.pid and holder.get("phase") == phase:
+            return holder
+        assert run.proc.poll() is None, f"the run ended before holding the lock in phase {phase}:\n" + \
+            run.output()[-3000:]
+        time.sleep(0.3)
+    raise AssertionError(f"no lock in phase {phase} after {timeout}s: {lock_holder(host, app)}")
+
+
 def recap(output: str) -> dict[str, dict[str, int]]:
     """Per-host PLAY RECAP counters of an ansible-playbook run (summed over plays)."""
     totals: dict[str, dict[str, int]] = {}

@@ -3,13 +3,15 @@
 import json
 import os
 import re
+import signal
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
 from stacktest import (  # noqa: E402
-    CADDY_CA, HTTPS, RequestLoop, assert_redeploy_loses_no_request, get, new_release_source, recap, run_playbook)
+    CADDY_CA, HTTPS, Background, RequestLoop, get, lock_holder, new_release_source, recap, run_playbook,
+    wait_for_holder)
 
 
 def test_health_through_caddy(host):
@@ -157,14 +159,76 @@ def test_prometheus_scrapes_the_site_caddy_the_app_and_postgresql(host):
     assert host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:2020/") == "404"
 
 
-def test_redeploy_as_deploy_over_ssh_loses_no_request(host, tmp_path):
-    """The README's redeploy: over SSH as the inventory's deploy (converge.yml
-    wrote that inventory), with Mitogen, sudo for become."""
+def _flat(text: str) -> str:
+    """Output with its line wrapping undone (Ansible wraps warnings)."""
+    return " ".join(text.split())
+
+
+def test_redeploy_killed_three_times_then_a_plain_rerun_over_ssh_loses_no_request(host, tmp_path):
+    """The README's redeploy (over SSH as the inventory's deploy, Mitogen,
+    sudo) on an operator's bad day, under one request loop through Caddy:
+    a run that holds the deploy lock hangs (SIGSTOP) and a second run fails
+    naming it; the hung run is killed with the lock just taken, the next
+    after its build, the next after its migrations (SIGKILL to the whole
+    process group: a closed laptop lid); each re-run takes the dead run's
+    lock over with a warning, and the last, plain one deploys. No request
+    fails, and the deploy log says who deployed, with the message."""
+    inventory = ssh_inventory()
     source = new_release_source(tmp_path, "redeploy-v2")
-    assert_redeploy_loses_no_request(
-        host, lambda: {"demo": get(host, "/health")[1]["release"]}, {"redeploy-v2": "/health"},
-        "-e", f"stack_app_source_path={source}",
-        redeploy=lambda *extra: run_playbook("playbooks/redeploy.yml", *extra, inventory=ssh_inventory()))
+    plain = ("-e", f"stack_app_source_path={source}")
+    quick = (*plain, "-e", "redeploy_backup=false", "-e", "deploy_message=killed on purpose")
+    before = get(host, "/health")[1]["release"]
+    with RequestLoop(host, "redeploy-v2") as loop:
+        hung = Background("playbooks/redeploy.yml", *quick, inventory=inventory, out=tmp_path / "hung.log")
+        wait_for_holder(host, "demo", hung, "locked")
+        hung.signal(signal.SIGSTOP)
+        rc, out = run_playbook("playbooks/redeploy.yml", *quick, inventory=inventory)
+        assert rc != 0, out[-3000:]
+        assert "Another run holds the deploy lock of demo" in _flat(out), out[-3000:]
+        assert f"ansible-playbook pid {hung.pid}," in _flat(out), out[-3000:]
+        assert "message 'killed on purpose'" in _flat(out), out[-3000:]
+        assert lock_holder(host, "demo")["pid"] == hung.pid  # the refused run left it alone
+        outputs = [hung.kill()]
+        for phase in ("built", "migrated"):
+            run = Background("playbooks/redeploy.yml", *quick, inventory=inventory, out=tmp_path / f"{phase}.log")
+            wait_for_holder(host, "demo", run, phase)
+            outputs.append(run.kill())
+            assert lock_holder(host, "demo")["pid"] == run.pid, "the kill left no lock to take over"
+        rc, out = run_playbook("playbooks/redeploy.yml", *plain, inventory=inventory)
+        outputs.append(out)
+        assert rc == 0, out[-4000:]
+    for killed in outputs[1:]:
+        assert "Took over the deploy lock of demo" in _flat(killed), killed[-3000:]
+        assert "on this controller has ended" in _flat(killed), killed[-3000:]
+    after = get(host, "/health")[1]["release"]
+    print(f"redeploy killed at locked/built/migrated, then re-run: {before} -> {after}; "
+          f"request loop {loop.result['requests']} requests, {loop.result['failures']} failed")
+    assert after != before
+    assert loop.result["requests"] > 50
+    assert loop.result["failures"] == 0, loop.result
+    assert not host.file("/run/lock/app_service-demo.lock").exists
+    line = host.check_output("grep ' action=deploy ' /var/log/demo-deploy.log | tail -n 1")
+    assert f"release={after} " in line and " result=ok " in line and " by=" in line, line
+    assert " playbook=redeploy.yml " in line, line
+
+
+def test_lock_playbook_shows_and_releases_a_lock_left_by_another_controller(host):
+    """A run killed on another controller holds the lock until its lease
+    runs out; playbooks/lock.yml shows who holds it and releases it."""
+    holder = {"id": "laptop-bob:4242:1", "user": "bob", "controller": "laptop-bob", "pid": 4242,
+              "pid_start": "1", "playbook": "playbooks/redeploy.yml", "message": "friday fix",
+              "phase": "built", "since": int(time.time()) - 60}
+    host.check_output("install -d -m 0700 /run/lock/app_service-demo.lock && echo %s > "
+                      "/run/lock/app_service-demo.lock/holder.json", json.dumps(holder))
+    rc, out = run_playbook("playbooks/site.yml", "--tags", "restart_app")
+    assert rc != 0 and "bob@laptop-bob (ansible-playbook pid 4242" in _flat(out), out[-3000:]
+    assert "playbooks/lock.yml -e lock_release=true" in _flat(out), out[-3000:]
+    rc, out = run_playbook("playbooks/lock.yml")
+    assert rc == 0 and "demo: locked by bob@laptop-bob (pid 4242" in _flat(out), out[-3000:]
+    assert "message: friday fix" in _flat(out), out[-3000:]
+    rc, out = run_playbook("playbooks/lock.yml", "-e", "lock_release=true")
+    assert rc == 0 and "demo: released the lock of bob@laptop-bob" in _flat(out), out[-3000:]
+    assert not host.file("/run/lock/app_service-demo.lock").exists
 
 
 def test_restart_app_tag_loses_no_request(host):

@@ -4,10 +4,12 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 from stacktest import (  # noqa: E402
     CADDY_CA, HTTPS, Background, RequestLoop, get, lock_holder, new_release_source, recap, run_playbook,
@@ -57,6 +59,29 @@ def test_check_mode_reports_no_changes(host):
     assert counts and all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
     plays, skipped = _role_plays(out)
     assert plays >= 7 and skipped <= 1, (plays, skipped)  # only the standbys' play matches no host
+
+
+def _console(*args: str, stdin: str) -> subprocess.CompletedProcess:
+    """bin/console against the SSH inventory (as deploy, sudo), fed a here-document."""
+    return subprocess.run([sys.executable, os.path.join(REPO, "bin", "console"), "-i", ssh_inventory(), *args],
+                          input=stdin, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_console_over_ssh_runs_in_the_release_with_the_right_roles(host):
+    """bin/console as the README shows it, over SSH as deploy: psql as the
+    read-only role by default (a write refused), the owner with --owner, and
+    the runtime's REPL as the app user in the current release."""
+    out = _console("psql", "-v", "ON_ERROR_STOP=1", "-At",
+                   stdin="SELECT current_user, count(*) >= 0 FROM notes;\n")
+    assert out.returncode == 0 and out.stdout.split() == ["demo_readonly|t"], out.stdout + out.stderr
+    out = _console("psql", "-v", "ON_ERROR_STOP=1", stdin="INSERT INTO notes (body) VALUES ('x');\n")
+    assert out.returncode != 0 and "permission denied" in out.stderr, out.stdout + out.stderr
+    out = _console("--owner", "psql", "-At", stdin="SELECT current_user;\n")
+    assert out.returncode == 0 and out.stdout.split() == ["demo_owner"], out.stdout + out.stderr
+    current = host.check_output("readlink -f /srv/demo/current")
+    out = _console(stdin="import os, sys\nprint(os.getuid() != 0, os.getcwd(), sys.prefix)\n")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["True", current, "/srv/demo/current/.venv"], out.stdout + out.stderr
 
 
 def _role_plays(out: str) -> tuple[int, int]:

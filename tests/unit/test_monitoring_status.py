@@ -106,3 +106,34 @@ def test_an_app_with_no_instance_answering_fails_and_internal_certificates_are_l
     cards = stack_status.components(recording, 26, 85, 14)
     assert cards[0] == {"name": "App api", "state": "failing", "figure": "no instance answers"}
     assert any(q.startswith('(probe_ssl_earliest_cert_expiry{cert_check!="no"}') for q in queries), queries
+
+
+def test_metrics_from_the_last_line_of_each_deploy_log(tmp_path):
+    (tmp_path / "api-deploy.log").write_text(
+        "2026-11-24T11:00:00Z app=api action=deploy release=aaa previous=- source=dir:/x result=ok port=8001\n"
+        '2026-11-24T11:48:00Z app=api action=deploy release=bbb previous=aaa source=dir:/x result=ok port=8002 '
+        'by=alice@laptop playbook=redeploy.yml inventory=3f2a9c1d04be message="hotfix \\"1.4.3\\""\n')
+    (tmp_path / "web-deploy.log").write_text("")
+    (tmp_path / "odd-deploy.log").write_text("not a deploy line\n")
+    lines = stack_metrics.deploy_lines(str(tmp_path / "*-deploy.log"))
+    assert 'stack_deploy_timestamp_seconds{app="api"} 1795520880' in lines
+    info = [line for line in lines if line.startswith("stack_deploy_info")]
+    assert info == ['stack_deploy_info{app="api",action="deploy",release="bbb",result="ok",by="alice@laptop",'
+                    'inventory="3f2a9c1d04be",message="hotfix \\"1.4.3\\""} 1'], info
+    assert stack_metrics.deploy_lines(str(tmp_path / "none-*.log")) == []
+
+
+def test_the_status_page_says_who_deployed_what_and_when():
+    results = dict(HEALTHY)
+    results["time() - stack_deploy_timestamp_seconds"] = [({"app": "api", "instance": "app1:9100"}, 720)]
+    results["stack_deploy_info"] = [
+        ({"app": "api", "instance": "app1:9100", "host": "app1", "action": "deploy", "release": "bbb",
+          "result": "ok", "by": "alice@laptop", "message": "hotfix"}, 1)]
+    cards = {card["name"]: card for card in stack_status.components(fake_prometheus(results), 26, 85, 14)}
+    card = cards["Last change of api on app1"]
+    assert card["state"] == stack_status.OK
+    assert card["figure"] == "deployed 12 min ago by alice@laptop: bbb, hotfix"
+    results["stack_deploy_info"][0][0]["result"] = "failed"
+    cards = {card["name"]: card for card in stack_status.components(fake_prometheus(results), 26, 85, 14)}
+    assert cards["Last change of api on app1"]["state"] == stack_status.WARN
+    assert "(failed)" in cards["Last change of api on app1"]["figure"]

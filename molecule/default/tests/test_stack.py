@@ -147,12 +147,17 @@ def test_status_page_through_caddy_needs_the_login(host):
     deadline = time.time() + 90
     while True:
         page = host.check_output(f"curl -sf --cacert {ca} -u status:{password} {url}")
-        if 'id="overall" data-state="ok"' in page and "caddy on" in page or time.time() > deadline:
+        if 'id="overall" data-state="ok"' in page and "caddy on" in page and "Last change of demo" in page \
+                or time.time() > deadline:
             break
         time.sleep(3)
     assert 'id="overall" data-state="ok"' in page and "Everything is working" in page, page
     assert "HTTP check site" in page and "App demo" in page and "1 of 2 instances answer" in page, page
     assert "Certificate of" not in page, page
+    # Who deployed what, from the deploy log through stack_deploy_info.
+    release = get(host, "/health")[1]["release"]
+    assert re.search(r"Last change of demo on [^<]*</h2><div class=\"state\">ok</div><div>deployed [^<]* ago by "
+                     r"[^<@ ]+@[^<: ]+: " + release, page), page
 
 
 def test_prometheus_scrapes_the_site_caddy_the_app_and_postgresql(host):

@@ -4,12 +4,16 @@ collector (installed by the Ansible role `monitoring`):
 
   stack_backup_last_good_timestamp_seconds  the newest good backup set (backups role)
   stack_unit_failed{unit}                   1 for each failed unit matching the regex
+  stack_deploy_timestamp_seconds{app}       when the app's last deploy, rollback or restart ended
+  stack_deploy_info{app,action,release,result,by,inventory,message}
+                                            1, labelled with that last line of its deploy log
   pgbouncer_up, pgbouncer_pools_client_{active,waiting}_connections{database,user}
                                             PgBouncer's pools (with --pgbouncer-port: Debian 12,
                                             whose packaged exporter does not work with its PgBouncer;
                                             the names are those of Debian 13's exporter)
 
   stack_metrics.py --out FILE --units-regex REGEX [--backups-status FILE] [--pgbouncer-port PORT]
+                   [--deploy-logs GLOB]
 
 Written to a temporary file and renamed, so the collector never reads half.
 """
@@ -18,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -49,6 +55,53 @@ def unit_lines(regex: str) -> list[str]:
         if len(fields) >= 3 and pattern.match(fields[0]):
             lines.append(f'stack_unit_failed{{unit="{fields[0]}"}} {1 if fields[2] == "failed" else 0}')
     return lines
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def parse_deploy_line(line: str) -> dict[str, str]:
+    """One line of an app_service deploy log: <time> key=value ... message="...";
+    {} when it does not parse."""
+    try:
+        fields = shlex.split(line)
+    except ValueError:
+        return {}
+    if not fields:
+        return {}
+    record = dict(field.split("=", 1) for field in fields[1:] if "=" in field)
+    try:
+        stamp = dt.datetime.strptime(fields[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return {}
+    record["timestamp"] = f"{stamp.timestamp():.0f}"
+    return record if record.get("app") else {}
+
+
+def deploy_lines(pattern: str) -> list[str]:
+    """The last line of each app's deploy log (app_service_deploy_log)."""
+    lines = ["# HELP stack_deploy_timestamp_seconds When the app's last deploy, rollback or restart ended.",
+             "# TYPE stack_deploy_timestamp_seconds gauge",
+             "# HELP stack_deploy_info The app's last deploy, rollback or restart (its deploy log's last line).",
+             "# TYPE stack_deploy_info gauge"]
+    found = False
+    for path in sorted(glob.glob(pattern)) if pattern else []:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                rows = [row for row in handle.read().splitlines() if row.strip()]
+        except OSError:
+            continue
+        record = parse_deploy_line(rows[-1]) if rows else {}
+        if not record:
+            continue
+        found = True
+        app = _label(record["app"])
+        lines.append(f'stack_deploy_timestamp_seconds{{app="{app}"}} {record["timestamp"]}')
+        labels = ",".join(f'{key}="{_label(record.get(key, ""))}"'
+                          for key in ("action", "release", "result", "by", "inventory", "message"))
+        lines.append(f'stack_deploy_info{{app="{app}",{labels}}} 1')
+    return lines if found else []
 
 
 def pgbouncer_lines(port: int, socket_dir: str = "/run/postgresql") -> list[str]:
@@ -81,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units-regex", required=True)
     parser.add_argument("--backups-status", default="")
     parser.add_argument("--pgbouncer-port", type=int, default=0)
+    parser.add_argument("--deploy-logs", default="", help="glob of the apps' deploy logs")
     args = parser.parse_args(argv)
-    lines = backup_lines(args.backups_status) + unit_lines(args.units_regex)
+    lines = backup_lines(args.backups_status) + unit_lines(args.units_regex) + deploy_lines(args.deploy_logs)
     if args.pgbouncer_port:
         lines += pgbouncer_lines(args.pgbouncer_port)
     tmp = f"{args.out}.tmp"

@@ -90,11 +90,35 @@ def components(fetch: Fetch, backups_max_age_hours: float, disk_used_percent: fl
         cards.append({"name": f"Backups on {labels.get('host') or labels.get('instance', '?')}",
                       "state": OK if value <= backups_max_age_hours else FAIL,
                       "figure": f"newest good backup {value:.1f} h old"})
+    ages = {(labels.get("app"), labels.get("instance")): value
+            for labels, value in query(fetch, "time() - stack_deploy_timestamp_seconds")}
+    for labels, _ in query(fetch, "stack_deploy_info"):
+        age = ages.get((labels.get("app"), labels.get("instance")))
+        host = labels.get("host") or labels.get("instance", "?")
+        done = {"deploy": "deployed", "rollback": "rolled back", "restart": "restarted"}.get(
+            labels.get("action", ""), labels.get("action", "changed"))
+        figure = (f"{done} {_ago(age)} by {labels.get('by') or '?'}: {labels.get('release') or '?'}"
+                  + ("" if labels.get("result") == "ok" else f" ({labels.get('result') or '?'})")
+                  + (f", {labels['message']}" if labels.get("message") else ""))
+        cards.append({"name": f"Last change of {labels.get('app', '?')} on {host}",
+                      "state": OK if labels.get("result") == "ok" else WARN, "figure": figure})
     failed = [labels.get("unit", "?") for labels, value in query(fetch, "stack_unit_failed") if value == 1]
     cards.append({"name": "systemd units", "state": FAIL if failed else OK,
                   "figure": ", ".join(sorted(failed)) + " failed" if failed else "none failed"})
     order = {FAIL: 0, WARN: 1, OK: 2}
     return sorted(cards, key=lambda card: (order[card["state"]], card["name"]))
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "at an unknown time"
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
 
 
 def firing_alerts(fetch: Fetch) -> list[dict[str, str]]:

@@ -31,11 +31,29 @@ def test_redeploy_of_both_apps_loses_no_request(host, tmp_path):
     shutil.copytree(API_SRC, source)
     (source / "shopapi" / "CHANGES").write_text("v3\n")
     commit = _push_frontend_commit("v3")
+    outputs = []
+
+    def redeploy(*extra):
+        rc, out = playbook(*extra)
+        outputs.append(out)
+        return rc, out
+
     before, after = assert_redeploy_loses_no_request(
         host, lambda: {app: current_release(host, app) for app in ("api", "web")},
         {"apps-api": "/api/healthz", "apps-web": "/healthz"},
-        "-e", json.dumps({"apps_api_source": str(source)}), redeploy=playbook)
+        "-e", json.dumps({"apps_api_source": str(source)}), redeploy=redeploy)
+    out = outputs[0]
     assert after["web"] == commit, (before, after)
+    # The web release (same package-lock.json) took the current release's
+    # node_modules instead of npm ci, and its build counted on from the
+    # build cache carried over (.next/cache).
+    npm_ci = out.split("Install the release's node_modules from package-lock.json (npm ci)]", 1)[1]
+    assert npm_ci.split("\n", 3)[2].startswith("skipping:"), npm_ci[:400]
+    builds = [int(host.check_output(f"cat /srv/web/releases/{release}/.next/cache/builds")) for release in
+              (before["web"], after["web"])]
+    assert builds[1] == builds[0] + 1, builds
+    record = json.loads(host.check_output(f"cat /srv/web/releases/{after['web']}/.app_service_node_modules"))
+    assert record["lock"] and record["node"].startswith("v"), record
     # The pre-migration backup of the run, tagged so retention keeps it apart.
     status = json.loads(host.check_output("cat /var/lib/backups/status.json"))
     report(f"redeploy of both apps: {before} -> {after}; backup {status['last_run']['set']}")

@@ -1,5 +1,7 @@
 // npm run build: writes build/index.html naming the release (RELEASE_ID) and
-// the package version, so a test can tell which build a release serves.
+// the package version, so a test can tell which build a release serves; and
+// counts its builds in .next/cache/builds (the build cache the role carries
+// from the current release: a test reads the count).
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -11,4 +13,8 @@ fs.writeFileSync(
   path.join("build", "index.html"),
   `<!doctype html>\n<title>shopweb</title>\n<p id="build">shopweb ${version} release ${release}</p>\n`,
 );
-console.log(`built build/index.html for release ${release}`);
+const counter = path.join(".next", "cache", "builds");
+const builds = (fs.existsSync(counter) ? parseInt(fs.readFileSync(counter, "utf8"), 10) : 0) + 1;
+fs.mkdirSync(path.dirname(counter), { recursive: true });
+fs.writeFileSync(counter, `${builds}\n`);
+console.log(`built build/index.html for release ${release} (build ${builds} of this cache)`);

@@ -88,7 +88,8 @@ def test_release_removes_only_its_own_lock_unless_forced(tmp_path):
     assert not lock.decide(path, "absent", BOB)["released"] and os.path.isdir(path)
     assert lock.decide(path, "absent", ALICE)["released"] and not os.path.exists(path)
     lock.decide(path, "present", ALICE)
-    assert lock.decide(path, "absent", {}, force=True)["released"] and not os.path.exists(path)
+    released = lock.decide(path, "absent", {}, force=True)
+    assert released["released"] and released["holder"]["user"] == "alice" and not os.path.exists(path)
 
 
 def test_query_changes_nothing(tmp_path):

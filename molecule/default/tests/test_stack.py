@@ -206,7 +206,7 @@ def test_redeploy_killed_three_times_then_a_plain_rerun_over_ssh_loses_no_reques
     inventory = ssh_inventory()
     source = new_release_source(tmp_path, "redeploy-v2")
     plain = ("-e", f"stack_app_source_path={source}")
-    quick = (*plain, "-e", "redeploy_backup=false", "-e", "deploy_message=killed on purpose")
+    quick = (*plain, "-e", "redeploy_backup=false", "-e", 'deploy_message="killed on purpose"')
     before = get(host, "/health")[1]["release"]
     with RequestLoop(host, "redeploy-v2") as loop:
         hung = Background("playbooks/redeploy.yml", *quick, inventory=inventory, out=tmp_path / "hung.log")

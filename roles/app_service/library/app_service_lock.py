@@ -72,7 +72,9 @@ held:
   type: bool
   returned: always
 holder:
-  description: The holder after the call, or the other holder when the lock was not taken ({} when none or unreadable).
+  description: >-
+    The holder after the call, the other holder when the lock was not taken, the holder released with
+    C(absent) ({} when none or unreadable).
   type: dict
   returned: always
 took_over:
@@ -142,7 +144,7 @@ def decide(path, state, holder, takeover="", lease_seconds=1800, force=False, no
     if state == "absent":
         if exists and (mine or force or not current):
             shutil.rmtree(path)
-            result.update(released=True, held=False, holder={}, age=-1, expired=False)
+            result.update(released=True, held=False, age=-1, expired=False)
         return result
     # present
     if not exists:

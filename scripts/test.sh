@@ -33,14 +33,23 @@ scenarios() {
 # them), and create the shared cache directories the platforms mount (their
 # containers completed from molecule/shared/container.yml, as the scenario's
 # create step does).
+# A scenario that proves nothing fails here: one without tests (Molecule
+# says "Skipping, no tests found" and succeeds) or whose test sequence has no
+# verify.
 prepare_scenario() { # prepare_scenario SCENARIO
   python - "$1" <<'PY'
-import subprocess, sys, yaml
+import glob, subprocess, sys, yaml
 sys.path.insert(0, "molecule/shared")
 import container
 scenario = sys.argv[1]
 own = yaml.safe_load(open(f"molecule/{scenario}/molecule.yml")) or {}
 base = yaml.safe_load(open(".config/molecule/config.yml"))
+sequence = (own.get("scenario") or {}).get("test_sequence") or (base.get("scenario") or {}).get("test_sequence") or []
+problems = (["its test_sequence has no verify"] if "verify" not in sequence else []) + (
+    [f"it has no tests (molecule/{scenario}/tests/test_*.py)"]
+    if not glob.glob(f"molecule/{scenario}/tests/test_*.py") else [])
+if problems:
+    sys.exit(f"scenario {scenario}: {' and '.join(problems)}: it would pass proving nothing")
 for platform in own.get("platforms") or base["platforms"]:
     spec = container.complete(container.expand(platform, scenario))
     if subprocess.run(["docker", "inspect", spec["name"]], capture_output=True).returncode == 0:
@@ -66,7 +75,16 @@ do_molecule() { # do_molecule SCENARIO (output: reports/molecule-SCENARIO.log)
     args=(--platform-name "${scenario}-${ONE_RELEASE[$scenario]}")
     echo "platform: ${args[1]} (STACK_ALL_RELEASES=1 for every release)"
   fi
-  molecule test -s "$scenario" "${args[@]}"
+  local out rc
+  out=$(mktemp)
+  molecule test -s "$scenario" "${args[@]}" 2>&1 | tee "$out"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" -eq 0 ] && grep -q "Skipping, no tests found" "$out"; then
+    echo "scenario $scenario: Molecule found no tests to verify; failing the step" >&2
+    rc=1
+  fi
+  rm -f "$out"
+  return "$rc"
 }
 
 # Steps run side by side in STACK_TEST_LANES lanes (default 2). A scenario's

@@ -113,7 +113,13 @@ def main(argv: list[str]) -> int:
         with open(argv[1], encoding="utf-8") as handle:
             platforms = (yaml.safe_load(handle) or {}).get("platforms") or []
         recipe = load_recipe()
-        print(json.dumps([complete(platform, recipe) for platform in platforms]))
+        specs = [complete(platform, recipe) for platform in platforms]
+        # As scripts/test.sh does before create: `molecule test` run by hand
+        # on a fresh machine gets the same dated, empty apt lists (so the
+        # first apt task updates them).
+        for spec in specs:
+            make_cache_dirs(spec)
+        print(json.dumps(specs))
         return 0
     if len(argv) >= 5 and argv[0] == "run-args":
         name, hostname, image, apt = argv[1:5]

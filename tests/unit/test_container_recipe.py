@@ -87,7 +87,12 @@ def test_make_cache_dirs_dates_an_empty_lists_directory(tmp_path):
     if os.path.exists(os.path.join(REPO, "molecule", name, "molecule.yml"))])
 def test_every_scenario_platform_completes(path):
     with open(os.path.join(REPO, path), encoding="utf-8") as handle:
-        platforms = (yaml.safe_load(handle) or {}).get("platforms") or []
+        platforms = (yaml.safe_load(handle) or {}).get("platforms")
+    if platforms is None:
+        # A scenario without its own platforms takes the shared config's.
+        with open(os.path.join(REPO, ".config/molecule/config.yml"), encoding="utf-8") as handle:
+            platforms = (yaml.safe_load(handle) or {}).get("platforms")
+    assert platforms, f"{path}: no platforms, its own or the shared config's"
     for platform in platforms:
         spec = container.complete(container.expand(platform, "s"), cache="/c")
         assert spec["command"] and spec["image"] and spec["volumes"][0] == "/sys/fs/cgroup:/sys/fs/cgroup:rw"

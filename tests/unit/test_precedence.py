@@ -356,3 +356,11 @@ def test_pitr_wiring_follows_the_inventory_and_yields_to_it(wired, tmp_path):
     proc, seen = run_site(tmp_path / "rpo", {"group_vars/all/stack.yml": layers["group_vars/all/stack.yml"]})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert int(seen["postgresql"]["postgresql_archive_timeout"]) == 30
+
+
+@pytest.mark.parametrize("port", [0, 65536])
+def test_a_port_out_of_range_is_refused_before_any_role_runs(tmp_path, port):
+    proc, seen = run_site(tmp_path, {}, "-e", json.dumps({"stack_db_port": port}))
+    assert proc.returncode != 0
+    assert f"stack_db_port ({port})" in proc.stdout, proc.stdout[-3000:]
+    assert seen == {}, sorted(seen)

@@ -70,8 +70,8 @@ def test_second_deploy_switches_without_losing_requests(deploy_v2, first_release
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for name, host in all_hosts().items():
         loop = loops[name]
-        assert loop["requests"] > 50
-        assert loop["failures"] == 0, loop["errors"]
+        # A floor: the loop ran through the run (Loops asserts it stopped on the stop file, not its limit).
+        assert loop["requests"] > 50 and loop["failures"] == 0, loop
         new = current_release(host)
         assert new != first_release[name]
         # Both releases answered during the loop: traffic really moved.
@@ -92,8 +92,8 @@ def test_broken_release_fails_and_old_keeps_serving(deploy_broken, deploy_v2):
     assert "500 Internal Server Error" in output  # the new instance's journal is shown
     for name, host in all_hosts().items():
         loop = loops[name]
-        assert loop["requests"] > 50
-        assert loop["failures"] == 0, loop["errors"]
+        # A floor: the loop ran through the run (Loops asserts it stopped on the stop file, not its limit).
+        assert loop["requests"] > 50 and loop["failures"] == 0, loop
         v2 = current_release(host)
         assert set(loop["releases"]) == {v2}
         status, body = get(host, f"{PROXY}/health")
@@ -108,7 +108,8 @@ def test_restart_app_tag_restarts_without_losing_requests(restart, deploy_broken
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for name, host in all_hosts().items():
         loop = loops[name]
-        assert loop["failures"] == 0, loop["errors"]
+        # A floor: the loop ran through the run (Loops asserts it stopped on the stop file, not its limit).
+        assert loop["requests"] > 50 and loop["failures"] == 0, loop
         last = host.check_output(f"tail -n1 /var/log/{APP}-deploy.log")
         assert "action=restart" in last and "result=ok" in last
         assert len(serving(host)) == 1
@@ -135,8 +136,8 @@ def test_failed_settings_restart_puts_known_good_back(settings_failure):
     _no_secrets(proc)
     for name, host in all_hosts().items():
         loop = loops[name]
-        assert loop["requests"] > 50
-        assert loop["failures"] == 0, loop["errors"]
+        # A floor: the loop ran through the run (Loops asserts it stopped on the stop file, not its limit).
+        assert loop["requests"] > 50 and loop["failures"] == 0, loop
         # The old instance keeps serving: same port, same process.
         assert serving(host) == before[name]["serving"]
         assert main_pid(host, serving(host)[0]) == before[name]["pid"]
@@ -173,8 +174,8 @@ def test_drifted_settings_restart_through_the_gate(settings_drift):
     _no_secrets(proc)
     for name, host in all_hosts().items():
         loop = loops[name]
-        assert loop["requests"] > 50
-        assert loop["failures"] == 0, loop["errors"]
+        # A floor: the loop ran through the run (Loops asserts it stopped on the stop file, not its limit).
+        assert loop["requests"] > 50 and loop["failures"] == 0, loop
         now = serving(host)
         report(f"settings drift ({kinds[name]}) on {name}: serving {before[name]['serving']} -> {now}, "
                f"pid {before[name]['pid']} -> {main_pid(host, now[0])}")
@@ -200,8 +201,8 @@ def test_rollback_behind_the_schema_is_refused(rollback_refused, first_release):
     _no_secrets(proc)
     for name, host in all_hosts().items():
         loop = loops[name]
-        assert loop["requests"] > 50
-        assert loop["failures"] == 0, loop["errors"]
+        # A floor: the loop ran through the run (Loops asserts it stopped on the stop file, not its limit).
+        assert loop["requests"] > 50 and loop["failures"] == 0, loop
         source = "read from the release now" if name in unrecorded else "recorded at build"
         expected = (f"release {first_release[name]} shipped schema head 0001 ({source}) "
                     f"but the database is at 0002 (read with current release {before[name]['current']})")
@@ -236,7 +237,8 @@ def test_rollback_to_previous_release(rollback, first_release):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for name, host in all_hosts().items():
         loop = loops[name]
-        assert loop["failures"] == 0, loop["errors"]
+        # A floor: the loop ran through the run (Loops asserts it stopped on the stop file, not its limit).
+        assert loop["requests"] > 50 and loop["failures"] == 0, loop
         assert current_release(host) == first_release[name]
         status, body = get(host, f"{PROXY}/health")
         assert status == 200 and body["release"] == first_release[name]

@@ -69,7 +69,8 @@ def test_static_from_disk_with_long_cache(host):
 LOSS_SCRIPT = r"""
 set -u
 ok=0; fail=0; n=0
-( sleep 2; systemctl stop caddy-test-upstream-a; sleep 4; systemctl start caddy-test-upstream-a ) &
+( sleep 2; systemctl stop caddy-test-upstream-a; systemctl is-active caddy-test-upstream-a > /tmp/upstream-a-while-stopped;
+  sleep 4; systemctl start caddy-test-upstream-a ) &
 stopper=$!
 end=$((SECONDS + 9))
 while [ $SECONDS -lt $end ] && [ $n -lt 3000 ]; do
@@ -81,6 +82,7 @@ done
 wait $stopper
 echo "requests=$n ok=$ok failures=$fail"
 systemctl is-active caddy-test-upstream-a
+cat /tmp/upstream-a-while-stopped
 """.replace("ROOT", ROOT_CA)
 
 
@@ -92,6 +94,8 @@ def test_stopping_an_upstream_loses_no_requests(host):
     assert int(figures["requests"]) >= 20, out
     assert int(figures["failures"]) == 0, out
     assert out.splitlines()[1] == "active"
+    # The upstream really was down in the window (systemctl is-active after the stop).
+    assert out.splitlines()[2] == "inactive", out
 
 
 def test_admin_api_only_on_the_unix_socket(host):

@@ -64,7 +64,7 @@ def test_check_mode_reports_no_changes(host):
     counts = recap(out)
     assert rc == 0, out[-4000:]
     assert set(counts) == {"fleet-db", "fleet-db2", "fleet-app1", "fleet-app2", "fleet-web"}, counts
-    assert all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
+    assert counts and all(c["changed"] == 0 and c["failed"] == 0 for c in counts.values()), counts
 
 
 # TLS between the app hosts and PostgreSQL (stack_db_tls): the app's own URL,
@@ -219,7 +219,7 @@ def test_a_certificate_without_the_apps_database_address_fails_before_anything_c
     counts = recap(out)
     assert rc != 0
     assert "postgresql_tls_names of fleet-db (fleet-db, localhost) must include" in out, out[-3000:]
-    assert all(c["changed"] == 0 for c in counts.values()), counts
+    assert counts and all(c["changed"] == 0 for c in counts.values()), counts
 
 
 def test_backup_playbook_produces_a_verified_backup(host):
@@ -348,7 +348,7 @@ def test_a_replica_without_a_primary_fails_before_anything_changes(host):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "a replica without a primary" in out, out[-3000:]
-    assert all(c["changed"] == 0 for c in recap(out).values()), recap(out)
+    assert recap(out) and all(c["changed"] == 0 for c in recap(out).values()), recap(out)
 
 
 def test_a_wiped_standby_is_cloned_again_by_a_plain_run(host):
@@ -456,7 +456,7 @@ def post_note(host, body):
 def test_promote_refuses_a_lagging_standby(host):
     rc, out = run_playbook("playbooks/promote.yml", "-e", "promote_max_lag_seconds=-1")
     assert rc != 0 and "fleet-db2 is not ready to be promoted: replay lags" in out, out[-3000:]
-    assert all(c["changed"] == 0 for c in recap(out).values()), recap(out)
+    assert recap(out) and all(c["changed"] == 0 for c in recap(out).values()), recap(out)
 
 
 # Last, in this order: a planned switchover to fleet-db2, fleet-db re-cloned

@@ -364,3 +364,19 @@ def test_a_port_out_of_range_is_refused_before_any_role_runs(tmp_path, port):
     assert proc.returncode != 0
     assert f"stack_db_port ({port})" in proc.stdout, proc.stdout[-3000:]
     assert seen == {}, sorted(seen)
+
+
+def test_the_stack_inputs_of_later_issues_reach_the_roles_and_yield_to_the_inventory(wired, tmp_path):
+    """stack_acme_directory -> caddy_acme_ca; stack_db_readonly_user ->
+    app_service_db_console_user (bin/console's psql role); and the role
+    variable set in a group's vars wins over that wiring."""
+    assert wired["app_service"]["app_service_db_console_user"] == "demo_ro"
+    assert wired["caddy"]["caddy_acme_ca"] == ""
+    layers = {"group_vars/all/stack.yml": {"stack_acme_directory": "https://acme.example.test/dir"},
+              "group_vars/app.yml": {"app_service_db_console_user": "auditor"},
+              "group_vars/web.yml": {"base_hardening_banner": "Authorised use only."}}
+    proc, seen = run_site(tmp_path, layers)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert seen["caddy"]["caddy_acme_ca"] == "https://acme.example.test/dir"
+    assert seen["app_service"]["app_service_db_console_user"] == "auditor"
+    assert seen["base"]["base_hardening_banner"] == "Authorised use only."

@@ -269,6 +269,9 @@ def test_restart_app_tag_loses_no_request(host):
         rc, out = run_playbook("playbooks/site.yml", "--tags", "restart_app")
     assert rc == 0, out[-4000:]
     assert host.check_output("systemctl show -p MainPID --value 'demo@*'") != pids_before
+    # The restart released its deploy lock, and the deploy log says who restarted.
+    assert not host.file("/run/lock/app_service-demo.lock").exists
+    assert re.search(r" action=restart .* result=ok .* by=[^-@ ]+@[^- ]", host.check_output("tail -n1 /var/log/demo-deploy.log"))
     assert loop.result["requests"] > 50
     assert loop.result["failures"] == 0, loop.result
 
@@ -285,3 +288,4 @@ def test_rollback_playbook_returns_to_the_previous_release_losing_no_request(hos
     assert loop.result["requests"] > 50
     assert loop.result["failures"] == 0, loop.result
     assert set(loop.result["releases"]) <= {before["release"], after["release"]}, loop.result
+    assert not host.file("/run/lock/app_service-demo.lock").exists

@@ -60,6 +60,21 @@ def test_redeploy_of_both_apps_loses_no_request(host, tmp_path):
     assert status["last_run"]["set"].endswith("-premigration") and status["last_run"]["result"] == "ok"
 
 
+def test_lock_playbook_shows_every_app_of_stack_apps(host):
+    """playbooks/lock.yml on the stack_apps route: one line per app, after the
+    redeploy above released both locks; a lock left by another controller on
+    one app is shown and released."""
+    rc, out = playbook(name="playbooks/lock.yml")
+    assert rc == 0 and "api: not locked" in out and "web: not locked" in out, out[-3000:]
+    holder = {"id": "elsewhere:7:1", "user": "carol", "controller": "elsewhere", "pid": 7, "pid_start": "1",
+              "playbook": "playbooks/redeploy.yml", "phase": "locked", "since": 1796000000}
+    host.check_output("install -d -m 0700 /run/lock/app_service-web.lock && echo %s > "
+                      "/run/lock/app_service-web.lock/holder.json", json.dumps(holder))
+    rc, out = playbook("-e", "lock_release=true", "-e", "app_name=web", name="playbooks/lock.yml")
+    assert rc == 0 and "web: released the lock of carol@elsewhere" in out and "api:" not in out, out[-3000:]
+    assert not host.file("/run/lock/app_service-web.lock").exists
+
+
 def test_run_playbook_runs_a_command_in_the_current_release(host):
     runs = "sudo -u postgres psql -p 9992 -d shop -Atc \"SELECT count(*) FROM runs WHERE kind = 'nightly'\""
     before = int(host.check_output(runs))

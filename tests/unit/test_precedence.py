@@ -380,3 +380,11 @@ def test_the_stack_inputs_of_later_issues_reach_the_roles_and_yield_to_the_inven
     assert seen["caddy"]["caddy_acme_ca"] == "https://acme.example.test/dir"
     assert seen["app_service"]["app_service_db_console_user"] == "auditor"
     assert seen["base"]["base_hardening_banner"] == "Authorised use only."
+
+
+def test_a_bad_node_build_cache_dir_is_refused_naming_the_variable_before_any_role_runs(tmp_path):
+    proc, seen = run_site(tmp_path, {}, "-e", json.dumps({"app_service_node_build_cache_dirs": ["../../etc"]}))
+    assert proc.returncode != 0
+    assert "app_service_node_build_cache_dirs: each must be a directory relative to the release" in proc.stdout, \
+        proc.stdout[-3000:]
+    assert seen == {}, sorted(seen)

@@ -599,6 +599,15 @@ def app_metrics_targets(hostvars: Any, groups: Any, me: str, plan: Any) -> list[
             for app in plan if app.get("metrics_path")]
 
 
+def site_checks(plan: Any, base_url: str, ca_file: str = "", check_cert: Any = True) -> list[dict[str, Any]]:
+    """The monitoring hosts' HTTP checks through Caddy: each app's own
+    health_path under ``base_url`` (https://domain:port). The one app of a
+    stack is check ``site``; each app of several is ``site_<name>``."""
+    return [{"name": "site" if len(plan) == 1 else f"site_{app['name']}",
+             "url": f"{base_url}{app['health_path']}", "ca_file": ca_file, "check_cert": bool(check_cert)}
+            for app in plan]
+
+
 def to_converge(pattern: str, groups: dict) -> list[str]:
     """The hosts of a site.yml play: the union of the groups a
     colon-separated pattern names (db:app:web), in inventory order, without
@@ -633,6 +642,7 @@ class FilterModule:
             "stack_apps_plan": apps_plan,
             "stack_app_routes": app_routes,
             "stack_app_metrics_targets": app_metrics_targets,
+            "stack_site_checks": site_checks,
             "stack_monitoring_address": monitoring_address,
             "stack_monitoring_targets": monitoring_targets,
             "stack_pgbouncer_databases": pgbouncer_databases,

@@ -144,3 +144,13 @@ def test_an_app_with_a_metrics_path_is_scraped_on_both_colours_and_hidden_by_cad
     with pytest.raises(AnsibleFilterError, match=r"stack_apps\[0\].metrics_path: must be a path"):
         stack.apps_plan([{"name": "api", "ports": [1, 2], "source_path": "/s", "metrics_path": "metrics"}], {},
                         {"health_path": "/health", "egress": "open", "exec_wrapper": []})
+
+
+def test_site_checks_ask_each_app_for_its_own_health_path():
+    checks = stack.site_checks(plan(TWO_APPS), "https://shop.test:443")
+    assert sorted((c["name"], c["url"]) for c in checks) == [
+        ("site_api", "https://shop.test:443/api/healthz"), ("site_web", "https://shop.test:443/healthz")]
+    assert all(c["check_cert"] is True and c["ca_file"] == "" for c in checks)
+    one = stack.site_checks(plan([], dict(LEGACY, health_path="/up")), "https://x.test:8443",
+                            ca_file="/etc/ca.crt", check_cert=False)
+    assert one == [{"name": "site", "url": "https://x.test:8443/up", "ca_file": "/etc/ca.crt", "check_cert": False}]

@@ -136,3 +136,12 @@ def test_the_holder_names_this_process_tree_and_the_inventory_commit(tmp_path):
     (tmp_path / "hosts.yml").write_text("all: {hosts: {}}\n")
     assert action.make_holder({"inventory_dir": str(tmp_path)}, "")["inventory_commit"].endswith("+")
     assert action.make_holder({}, "")["inventory_commit"] == ""
+
+
+def test_the_summary_lock_yml_prints_names_the_holder_or_the_release():
+    assert action.summary({"held": False}) == "not locked"
+    held = dict(BOB, since=86400, playbook="redeploy.yml", phase="built", message="hotfix")
+    text = action.summary({"held": True, "holder": held, "age": 42, "expired": True})
+    assert text.startswith("locked by bob@desk (ansible-playbook pid 200, redeploy.yml) since 1970-01-02T00:00:00Z")
+    assert "phase built, lease renewed 42s ago, message 'hotfix', expired" in text
+    assert action.summary({"held": True, "released": True, "holder": BOB}) == "released the lock of bob@desk"

@@ -119,6 +119,16 @@ def describe(holder, age):
     return text
 
 
+def summary(answer):
+    """What playbooks/lock.yml prints for a query or a release."""
+    holder = answer.get("holder") or {}
+    if answer.get("released"):
+        return "released the lock of %s@%s" % (holder.get("user", "?"), holder.get("controller", "?"))
+    if not answer.get("held"):
+        return "not locked"
+    return "locked by %s%s" % (describe(holder, answer.get("age", 0)), ", expired" if answer.get("expired") else "")
+
+
 def gone_reason(current, mine, age, expired, lease):
     """Why a holder other than this run counts as gone ('' when it may be alive)."""
     if expired:
@@ -150,6 +160,8 @@ class ActionModule(ActionBase):
         if answer.get("failed") or state != "present" or answer.get("acquired"):
             result.update(answer)
             result["me"] = holder
+            if state != "present" and not answer.get("failed"):
+                result["summary"] = summary(answer)
             return result
         current, age = answer.get("holder") or {}, answer.get("age", 0)
         reason = gone_reason(current, holder, age, answer.get("expired"), lease)

@@ -21,8 +21,6 @@ the template.
 from __future__ import annotations
 
 import base64
-import copy
-import hashlib
 import ipaddress
 import json
 import re
@@ -557,25 +555,6 @@ def caddy_error_lines(text: Any, limit: int = 8) -> list[str]:
     return out[-max(1, int(limit)):]
 
 
-def caddy_sites_redacted(sites: Any) -> Any:
-    """caddy_sites with every basic_auth password hash replaced by a short
-    sha256 of it (the format of settings.secret_digest): what the known-good
-    settings record and the facts that read it keep. A hash of a password is
-    a secret too; a changed hash still gives a changed record."""
-    redacted = copy.deepcopy(sites)
-    if not isinstance(redacted, list):
-        return redacted
-    for site in redacted:
-        if not isinstance(site, Mapping):
-            continue
-        for route in site.get("routes") or []:
-            if isinstance(route, dict) and isinstance(route.get("basic_auth"), Mapping):
-                route["basic_auth"] = {
-                    user: "sha256:" + hashlib.sha256(json.dumps(str(secret)).encode("utf-8")).hexdigest()[:16]
-                    for user, secret in route["basic_auth"].items()}
-    return redacted
-
-
 class FilterModule:
     """Ansible filter map for the caddy role."""
 
@@ -588,5 +567,4 @@ class FilterModule:
             "caddy_quote": caddy_quote,
             "caddy_listen_check": caddy_listen_check,
             "caddy_error_lines": caddy_error_lines,
-            "caddy_sites_redacted": caddy_sites_redacted,
         }

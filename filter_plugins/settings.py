@@ -72,6 +72,21 @@ def secret_digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def secrets_redacted(value: Any, key: str) -> Any:
+    """``value`` (plain data) with every mapping found under ``key`` anywhere
+    in it mapping to secret_digest of its values instead (for example the
+    ``basic_auth`` user -> password hash of caddy_sites): what a settings
+    record and the facts that read it may keep. A changed secret still gives
+    a changed record; the input is left alone."""
+    if isinstance(value, Mapping):
+        return {k: ({name: secret_digest(str(secret)) for name, secret in v.items()}
+                    if k == key and isinstance(v, Mapping) else secrets_redacted(v, key))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [secrets_redacted(item, key) for item in value]
+    return value
+
+
 def known_good_differs(checksum_lines: Any, files: Any) -> list[str]:
     """Names of the files whose live copy differs from the known-good copy.
 
@@ -108,5 +123,6 @@ class FilterModule:
         return {
             "changed_settings": changed_settings,
             "secret_digest": secret_digest,
+            "secrets_redacted": secrets_redacted,
             "known_good_differs": known_good_differs,
         }

@@ -1,5 +1,6 @@
 """Unit tests for filter_plugins/settings.py (restart-safe configuration)."""
 
+import json
 import os
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "filter_plugins"))
 
-from settings import AnsibleFilterError, changed_settings, known_good_differs, secret_digest  # noqa: E402
+from settings import AnsibleFilterError, changed_settings, known_good_differs, secret_digest, secrets_redacted  # noqa: E402
 
 
 def test_names_only_the_changed_variables():
@@ -78,3 +79,20 @@ def test_changed_files_bad_input():
         known_good_differs([], {"name": "x"})
     with pytest.raises(AnsibleFilterError, match="expects sha256sum output"):
         known_good_differs(42, FILES)
+
+
+def test_redacted_caddy_sites_keep_no_password_hash_but_tell_a_change():
+    bcrypt = "$2a$14$" + "A" * 53
+    sites = [{"address": "example.test", "routes": [
+        {"path": "/status/*", "basic_auth": {"status": bcrypt}, "reverse_proxy": {"to": ["127.0.0.1:9090"]}},
+        {"path": "/*", "reverse_proxy": {"to": ["127.0.0.1:8001"]}}]}]
+    redacted = secrets_redacted(sites, "basic_auth")
+    text = json.dumps(redacted)
+    assert bcrypt not in text and bcrypt[:20] not in text
+    assert redacted[0]["routes"][0]["basic_auth"] == {"status": secret_digest(bcrypt)}
+    assert sites[0]["routes"][0]["basic_auth"]["status"] == bcrypt  # the input is left alone
+    other = json.loads(json.dumps(sites))
+    other[0]["routes"][0]["basic_auth"]["status"] = bcrypt[:-1] + "x"
+    assert secrets_redacted(other, "basic_auth") != redacted
+    assert redacted[0]["routes"][1] == sites[0]["routes"][1]
+    assert secrets_redacted("plain", "basic_auth") == "plain"

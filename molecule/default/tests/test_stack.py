@@ -264,15 +264,48 @@ def test_lock_playbook_shows_and_releases_a_lock_left_by_another_controller(host
     assert not host.file("/run/lock/app_service-demo.lock").exists
 
 
-def test_restart_app_tag_loses_no_request(host):
+# A webhook receiver on the host: each POST body as one line of /run/hook-sink.jsonl.
+HOOK_SINK = """
+import http.server
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open("/run/hook-sink.jsonl", "ab") as out:
+            out.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(204)
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", 9477), Sink).serve_forever()
+"""
+# The token part of a webhook URL: a secret, never printed.
+HOOK_TOKEN = "tok-5f3a9e71c2"
+
+
+def test_restart_app_tag_loses_no_request_and_tells_the_webhook(host):
     pids_before = host.check_output("systemctl show -p MainPID --value 'demo@*'")
-    with RequestLoop(host, "restart") as loop:
-        rc, out = run_playbook("playbooks/site.yml", "--tags", "restart_app")
+    host.run("systemctl stop hook-sink; rm -f /run/hook-sink.jsonl")
+    host.check_output("systemd-run --unit=hook-sink --collect /usr/bin/python3 -c %s", HOOK_SINK)
+    for _ in range(50):
+        if host.socket("tcp://127.0.0.1:9477").is_listening:
+            break
+        time.sleep(0.1)
+    webhook = f"stack_deploy_webhook=http://127.0.0.1:9477/hook/{HOOK_TOKEN}"
+    try:
+        with RequestLoop(host, "restart") as loop:
+            rc, out = run_playbook("playbooks/site.yml", "--tags", "restart_app", "-e", webhook)
+        events = [json.loads(line) for line in host.check_output("cat /run/hook-sink.jsonl").splitlines()]
+    finally:
+        host.run("systemctl stop hook-sink")
     assert rc == 0, out[-4000:]
     assert host.check_output("systemctl show -p MainPID --value 'demo@*'") != pids_before
     # The restart released its deploy lock, and the deploy log says who restarted.
     assert not host.file("/run/lock/app_service-demo.lock").exists
-    assert re.search(r" action=restart .* result=ok .* by=[^-@ ]+@[^- ]", host.check_output("tail -n1 /var/log/demo-deploy.log"))
+    line = host.check_output("tail -n1 /var/log/demo-deploy.log")
+    assert re.search(r" action=restart .* result=ok .* by=[^-@ ]+@[^- ]", line), line
+    # The webhook got the same event as JSON, with a line for a chat; the URL's token is not printed.
+    assert [(e["app"], e["action"], e["result"]) for e in events] == [("demo", "restart", "ok")], events
+    assert f" release={events[0]['release']} " in line and f" by={events[0]['by']} " in line, (events, line)
+    assert events[0]["text"].startswith(f"demo: restart of {events[0]['release']} on ") and events[0]["time"], events
+    assert HOOK_TOKEN not in out
     assert loop.result["requests"] > 50
     assert loop.result["failures"] == 0, loop.result
 
@@ -281,9 +314,12 @@ def test_rollback_playbook_returns_to_the_previous_release_losing_no_request(hos
     """playbooks/rollback.yml (stack play first, then the role) after the
     redeploy above: back to the release served before it, through the gate."""
     _, before = get(host, "/health")
+    # A webhook that refuses the connection (port 9) is reported; the rollback goes on.
     with RequestLoop(host, "rollback") as loop:
-        rc, out = run_playbook("playbooks/rollback.yml")
+        rc, out = run_playbook("playbooks/rollback.yml", "-e", f"stack_deploy_webhook=http://127.0.0.1:9/hook/{HOOK_TOKEN}")
     assert rc == 0, out[-4000:]
+    assert "app_service_deploy_webhook did not take the rollback event of demo" in _flat(out), out[-3000:]
+    assert HOOK_TOKEN not in out
     _, after = get(host, "/health")
     assert after["release"] != before["release"], (before, after)
     assert loop.result["requests"] > 50

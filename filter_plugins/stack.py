@@ -337,6 +337,9 @@ APP_DEFAULTS: dict[str, Any] = {
     "exec_wrapper": None,
 }
 _APP_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+# Names an app may not take: the maintenance switch keeps its deploy record
+# in /var/log/maintenance-deploy.log, beside the apps' <name>-deploy.log.
+RESERVED_APP_NAMES = ("maintenance",)
 _ROUTE_RE = re.compile(r"^/([A-Za-z0-9._~-]+/)*\*$")
 
 
@@ -414,6 +417,8 @@ def _plan_app(app: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -
     name = out["name"]
     if not isinstance(name, str) or not _APP_NAME_RE.match(name):
         raise AnsibleFilterError(f"{where}.name: must match ^[a-z][a-z0-9_-]*$ (at most 31 characters), got {name!r}")
+    if name in RESERVED_APP_NAMES:
+        raise AnsibleFilterError(f"{where}.name: {name!r} is reserved (the maintenance switch's deploy record)")
     out["ports"] = _ports(out["ports"], f"{where}.ports")
     if len(out["ports"]) != 2 or len(set(out["ports"])) != 2:
         raise AnsibleFilterError(f"{where}.ports: must be two distinct ports (blue/green), got {out['ports']}")

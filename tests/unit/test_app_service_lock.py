@@ -22,6 +22,7 @@ def _load(name, path):
 
 lock = _load("app_service_lock_module", "roles/app_service/library/app_service_lock.py")
 action = _load("app_service_lock_action", "roles/app_service/action_plugins/app_service_lock.py")
+stack_run = _load("stack_run_lookup", "lookup_plugins/stack_run.py")
 
 ALICE = {"id": "laptop:100:5", "user": "alice", "controller": "laptop", "pid": 100, "pid_start": "5"}
 BOB = {"id": "desk:200:7", "user": "bob", "controller": "desk", "pid": 200, "pid_start": "7"}
@@ -124,18 +125,26 @@ def test_a_reused_pid_with_another_start_time_counts_as_ended():
     assert action.process_alive(os.getpid(), action._proc_stat(os.getpid())[1])
 
 
-def test_the_holder_names_this_process_tree_and_the_inventory_commit(tmp_path):
+def test_the_run_names_the_playbook_and_the_inventory_commit(tmp_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "hosts.yml").write_text("all: {}\n")
     subprocess.run(["git", "-C", str(tmp_path), "add", "."], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=a@b", "-c", "user.name=a",
                     "commit", "-qm", "x"], check=True)
-    holder = action.make_holder({"inventory_dir": str(tmp_path)}, "hotfix")
-    assert holder["message"] == "hotfix" and len(holder["inventory_commit"]) == 12
-    assert holder["id"].startswith(holder["controller"] + ":")
+    argv = ["ansible-playbook", "-i", "inv", "playbooks/redeploy.yml", "-e", "x=1"]
+    who = stack_run.run_info({"inventory_dir": str(tmp_path)}, "hotfix", argv)
+    assert who["message"] == "hotfix" and len(who["inventory_commit"]) == 12
+    assert who["playbook"] == "playbooks/redeploy.yml" and who["user"] and who["controller"]
     (tmp_path / "hosts.yml").write_text("all: {hosts: {}}\n")
-    assert action.make_holder({"inventory_dir": str(tmp_path)}, "")["inventory_commit"].endswith("+")
-    assert action.make_holder({}, "")["inventory_commit"] == ""
+    assert stack_run.run_info({"inventory_dir": str(tmp_path)}, "", argv)["inventory_commit"].endswith("+")
+    assert stack_run.run_info({}, None, argv)["inventory_commit"] == "" and stack_run.run_info({}, None, argv)["message"] == ""
+
+
+def test_the_holder_is_the_run_named_by_its_playbook_process():
+    pid, start, _ = action.playbook_process()
+    holder = action.make_holder({"user": "a", "controller": "ctl", "playbook": "p.yml", "inventory_commit": "",
+                                 "message": ""}, pid, start)
+    assert holder["id"] == f"ctl:{pid}:{start or '-'}" and holder["pid"] == pid and holder["user"] == "a"
 
 
 def test_the_summary_lock_yml_prints_names_the_holder_or_the_release():

@@ -137,3 +137,20 @@ def test_the_status_page_says_who_deployed_what_and_when():
     cards = {card["name"]: card for card in stack_status.components(fake_prometheus(results), 26, 85, 14)}
     assert cards["Last change of api on app1"]["state"] == stack_status.WARN
     assert "(failed)" in cards["Last change of api on app1"]["figure"]
+
+
+def test_the_status_page_says_who_switched_maintenance(tmp_path):
+    (tmp_path / "maintenance-deploy.log").write_text(
+        "2026-11-24T11:00:00Z app=maintenance action=maintenance-on result=ok by=bob@desk playbook=site.yml "
+        'inventory=- message="db move"\n')
+    info = [line for line in stack_metrics.deploy_lines(str(tmp_path / "*-deploy.log")) if line.startswith("stack_deploy_info")]
+    assert info == ['stack_deploy_info{app="maintenance",action="maintenance-on",release="",result="ok",by="bob@desk",'
+                    'inventory="-",message="db move"} 1'], info
+    results = dict(HEALTHY)
+    results["time() - stack_deploy_timestamp_seconds"] = [({"app": "maintenance", "instance": "web1:9100"}, 180)]
+    results["stack_deploy_info"] = [
+        ({"app": "maintenance", "instance": "web1:9100", "host": "web1", "action": "maintenance-on", "release": "",
+          "result": "ok", "by": "bob@desk", "message": "db move"}, 1)]
+    cards = {card["name"]: card for card in stack_status.components(fake_prometheus(results), 26, 85, 14)}
+    assert cards["Maintenance switch on web1"] == {"name": "Maintenance switch on web1", "state": stack_status.OK,
+                                                   "figure": "switched on 3 min ago by bob@desk, db move"}

@@ -154,3 +154,10 @@ def test_site_checks_ask_each_app_for_its_own_health_path():
     one = stack.site_checks(plan([], dict(LEGACY, health_path="/up")), "https://x.test:8443",
                             ca_file="/etc/ca.crt", check_cert=False)
     assert one == [{"name": "site", "url": "https://x.test:8443/up", "ca_file": "/etc/ca.crt", "check_cert": False}]
+
+
+def test_the_maintenance_records_name_is_not_an_apps():
+    with pytest.raises(AnsibleFilterError, match=r"stack_apps\[0\]\.name: 'maintenance' is reserved"):
+        plan([dict(TWO_APPS[1], name="maintenance")])
+    with pytest.raises(AnsibleFilterError, match="is reserved"):
+        plan([], dict(LEGACY, name="maintenance"))

@@ -87,8 +87,10 @@ def test_run_playbook_runs_a_command_in_the_current_release(host):
     assert not any(secret in out for secret in SECRETS)
 
 
-def test_maintenance_switch_serves_503_and_keeps_the_health_paths(host):
-    rc, out = playbook("--tags", "maintenance", "-e", "maintenance=on", name="playbooks/site.yml")
+def test_maintenance_switch_serves_503_keeps_the_health_paths_and_is_recorded(host):
+    host.run("rm -f /var/log/maintenance-deploy.log")
+    rc, out = playbook("--tags", "maintenance", "-e", "maintenance=on", "-e", 'deploy_message="db move"',
+                       name="playbooks/site.yml")
     assert rc == 0, out[-4000:]
     status, body, headers = site(host, "/", headers=True)
     report(f"maintenance on: / -> {status}, Retry-After {headers.get('Retry-After')}")
@@ -100,6 +102,12 @@ def test_maintenance_switch_serves_503_and_keeps_the_health_paths(host):
     assert rc == 0, out[-4000:]
     assert site(host, "/")[0] == 200 and site(host, "/api/items")[0] == 200
     assert not host.file("/etc/caddy/stack-maintenance").exists
+    # Each switch is in the deploy record (the apps' format), with who and the message.
+    lines = host.file("/var/log/maintenance-deploy.log").content_string.splitlines()
+    report(f"maintenance record: {lines}")
+    assert len(lines) == 2, lines
+    assert " app=maintenance action=maintenance-on result=ok by=" in lines[0] and 'message="db move"' in lines[0]
+    assert " action=maintenance-off result=ok " in lines[1] and " playbook=site.yml " in lines[1], lines
 
 
 def _inventory_apps() -> list[dict]:

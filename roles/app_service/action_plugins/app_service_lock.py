@@ -4,19 +4,17 @@ holder that is not this run is gone.
 
 The module on the host takes, renews and releases the lock; only the
 controller can tell whether the ansible-playbook process that took it still
-runs. This plugin fills in the holder (controller user and host, the
-ansible-playbook process and its start time, the playbook, the inventory
-repository's commit, the message), calls the module, and when another holder
+runs. This plugin fills in the holder (who runs, from the stack_run lookup:
+controller user and host, the playbook, the inventory repository's commit,
+the message; and the ansible-playbook process and its start time), calls the
+module, and when another holder
 has the lock: takes it over with a warning if that holder is gone (its
 process on this controller has ended, or its lease expired), else fails
 naming it.
 """
 from __future__ import annotations
 
-import getpass
 import os
-import socket
-import subprocess
 import time
 
 from ansible.plugins.action import ActionBase
@@ -73,36 +71,11 @@ def process_alive(pid, starttime):
     return True
 
 
-def inventory_commit(inventory_dir):
-    """Short commit of the git checkout holding the inventory ('' when none), '+' when dirty."""
-    if not inventory_dir:
-        return ""
-    try:
-        head = subprocess.run(["git", "-C", inventory_dir, "rev-parse", "--short=12", "HEAD"],
-                              capture_output=True, text=True, timeout=5, check=False)
-        if head.returncode != 0:
-            return ""
-        dirty = subprocess.run(["git", "-C", inventory_dir, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=False)
-        return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def make_holder(task_vars, message):
-    pid, starttime, argv = playbook_process()
-    playbooks = [part for part in argv[1:] if part.endswith((".yml", ".yaml"))]
-    controller = socket.gethostname()
-    return {
-        "id": "%s:%s:%s" % (controller, pid, starttime or "-"),
-        "user": getpass.getuser(),
-        "controller": controller,
-        "pid": pid,
-        "pid_start": starttime,
-        "playbook": playbooks[-1] if playbooks else "",
-        "message": message or "",
-        "inventory_commit": inventory_commit(task_vars.get("inventory_dir", "")),
-    }
+def make_holder(who, pid, starttime):
+    """The holder record: who runs (lookup_plugins/stack_run.py: user,
+    controller, playbook, inventory commit, message) and its ansible-playbook
+    process, which names it."""
+    return dict(who, id="%s:%s:%s" % (who["controller"], pid, starttime or "-"), pid=pid, pid_start=starttime)
 
 
 def describe(holder, age):
@@ -152,7 +125,10 @@ class ActionModule(ActionBase):
         state = args.get("state", "present")
         lease = int(args.get("lease_seconds", 1800))
         name = args.pop("name", "") or "the app"
-        holder = make_holder(task_vars, args.pop("message", ""))
+        who = self._shared_loader_obj.lookup_loader.get("stack_run", loader=self._loader, templar=self._templar).run(
+            [], variables=task_vars, message=args.pop("message", ""))[0]
+        pid, starttime, _ = playbook_process()
+        holder = make_holder(who, pid, starttime)
         holder["phase"] = args.pop("phase", "") or "locked"
         module_args = dict(args, holder=holder, lease_seconds=lease)
         answer = self._execute_module(module_name="app_service_lock", module_args=module_args,

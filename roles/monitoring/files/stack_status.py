@@ -95,12 +95,16 @@ def components(fetch: Fetch, backups_max_age_hours: float, disk_used_percent: fl
     for labels, _ in query(fetch, "stack_deploy_info"):
         age = ages.get((labels.get("app"), labels.get("instance")))
         host = labels.get("host") or labels.get("instance", "?")
-        done = {"deploy": "deployed", "rollback": "rolled back", "restart": "restarted"}.get(
+        done = {"deploy": "deployed", "rollback": "rolled back", "restart": "restarted",
+                "maintenance-on": "switched on", "maintenance-off": "switched off"}.get(
             labels.get("action", ""), labels.get("action", "changed"))
-        figure = (f"{done} {_ago(age)} by {labels.get('by') or '?'}: {labels.get('release') or '?'}"
+        switch = labels.get("app") == "maintenance"
+        figure = (f"{done} {_ago(age)} by {labels.get('by') or '?'}"
+                  + ("" if switch else f": {labels.get('release') or '?'}")
                   + ("" if labels.get("result") == "ok" else f" ({labels.get('result') or '?'})")
                   + (f", {labels['message']}" if labels.get("message") else ""))
-        cards.append({"name": f"Last change of {labels.get('app', '?')} on {host}",
+        cards.append({"name": f"Maintenance switch on {host}" if switch
+                      else f"Last change of {labels.get('app', '?')} on {host}",
                       "state": OK if labels.get("result") == "ok" else WARN, "figure": figure})
     failed = [labels.get("unit", "?") for labels, value in query(fetch, "stack_unit_failed") if value == 1]
     cards.append({"name": "systemd units", "state": FAIL if failed else OK,

@@ -258,7 +258,7 @@ def test_lock_playbook_shows_and_releases_a_lock_left_by_another_controller(host
     assert "playbooks/lock.yml -e lock_release=true" in _flat(out), out[-3000:]
     rc, out = run_playbook("playbooks/lock.yml")
     assert rc == 0 and "demo: locked by bob@laptop-bob (ansible-playbook pid 4242" in _flat(out), out[-3000:]
-    assert "message: friday fix" in _flat(out), out[-3000:]
+    assert "message 'friday fix'" in _flat(out), out[-3000:]
     rc, out = run_playbook("playbooks/lock.yml", "-e", "lock_release=true")
     assert rc == 0 and "demo: released the lock of bob@laptop-bob" in _flat(out), out[-3000:]
     assert not host.file("/run/lock/app_service-demo.lock").exists

@@ -33,6 +33,32 @@ def run_playbook(playbook: str, *args: str, inventory: str | None = None) -> tup
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _descendants(root: int) -> list[int]:
+    """The PIDs under ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class Background:
     """ansible-playbook started in its own process group (so a kill takes
     its workers and connections too, as a closed laptop lid does), its
@@ -51,9 +77,15 @@ class Background:
         os.killpg(self.pid, sig)
 
     def kill(self) -> str:
-        """SIGKILL the whole group; returns the output so far."""
+        """SIGKILL the whole group, and the run's descendants that left it
+        (Mitogen's multiplexer starts a session of its own and outlived the
+        group's kill); returns the output so far."""
+        strays = [pid for pid in _descendants(self.pid) if _pgid(pid) not in (None, self.pid)]
         with contextlib.suppress(ProcessLookupError):
             self.signal(9)
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
         self.proc.wait(timeout=60)
         return self.output()
 

@@ -266,6 +266,7 @@ def test_extra_vars_win_over_host_vars(layered):
     ({"postgresql_port": 0}, "postgresql_port"),
     ({"app_service_ports": [8001, 8001]}, "app_service_ports"),
     ({"base_firewall_rules": [{"port": 99999}]}, "base_firewall_rules[0]"),
+    ({"stack_deploy_webhook": "ftp://hooks.example.test/tok-9d2f"}, "app_service_deploy_webhook: must be an http"),
 ])
 def test_bad_input_fails_before_any_role_runs(tmp_path, override, message):
     proc, seen = run_site(tmp_path, {"group_vars/all/stack.yml": override})
